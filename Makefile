@@ -1,0 +1,118 @@
+# One build for everything (DESIGN §2).
+#   make              libcommon + every tool (and cuda/ when nvcc and cuDNN's headers are found)
+#   make check        unit tests, tool tests, parity tests; ends with "N passed, N failed"
+#   make check-asan   the same tests under AddressSanitizer + UndefinedBehaviorSanitizer
+#   make fuzz         build the libFuzzer targets (clang); FUZZ_SECONDS=600 make fuzz-run runs them
+#   make bench        benchmarks against the peers, printed as figures and ratios
+#   make demo         the Fashion-MNIST example (examples/fashion-mnist)
+#   make install PREFIX=/usr/local DESTDIR=    binaries and man pages
+#   make CUDA=0       never build the CUDA backend
+VERSION   := 0.1.0
+BUILD     ?= build
+PREFIX    ?= /usr/local
+CC        ?= cc
+PKGS      := libzstd libxxhash jansson libpng
+OPT       ?= -O2
+CFLAGS    ?= $(OPT) -g
+SAN       ?=
+CPPFLAGS  += -Ilibcommon -DMOCO_VERSION='"$(VERSION)"' $(shell pkg-config --cflags $(PKGS))
+ALL_CFLAGS = -std=c11 -D_GNU_SOURCE -Wall -Wextra -Wshadow -Wno-format-truncation -pthread $(SAN) $(CFLAGS)
+LDLIBS    += $(shell pkg-config --libs $(PKGS)) -lm -pthread
+
+# CUDA: built when nvcc and cudnn.h are both found, unless CUDA=0.
+CUDA_HOME ?= /usr/local/cuda
+NVCC      ?= $(shell command -v nvcc 2>/dev/null || { test -x $(CUDA_HOME)/bin/nvcc && echo $(CUDA_HOME)/bin/nvcc; })
+CUDNN_H   := $(firstword $(wildcard $(CUDA_HOME)/include/cudnn.h /usr/include/cudnn.h /usr/include/*/cudnn.h))
+ifeq ($(CUDA),0)
+  HAVE_CUDA := 0
+else ifneq ($(and $(NVCC),$(CUDNN_H)),)
+  HAVE_CUDA := 1
+else
+  HAVE_CUDA := 0
+endif
+NVCCFLAGS ?= -O2 -gencode arch=compute_90,code=sm_90 -std=c++17
+CUDA_LIB  := $(BUILD)/libmoco_cuda.a
+
+LIB_SRC   := $(wildcard libcommon/*.c)
+LIB_OBJ   := $(LIB_SRC:%.c=$(BUILD)/%.o)
+LIB       := $(BUILD)/libcommon.a
+TOOL_SRC  := $(wildcard tools/*.c)
+TOOLS     := $(TOOL_SRC:tools/%.c=$(BUILD)/bin/%)
+TEST_SRC  := $(wildcard tests/unit/test_*.c)
+TESTS     := $(TEST_SRC:tests/unit/%.c=$(BUILD)/tests/%)
+BENCH_SRC := $(wildcard tests/bench/*.c)
+BENCHES   := $(BENCH_SRC:tests/bench/%.c=$(BUILD)/bench/%)
+CUDA_SRC  := $(wildcard cuda/*.cu)
+CUDA_OBJ  := $(CUDA_SRC:%.cu=$(BUILD)/%.o)
+MAN_PAGES := $(wildcard man/man*/*.[1-8])
+
+.PHONY: all check check-asan bench demo install clean fuzz fuzz-run cuda-notice
+all: $(TOOLS) $(TESTS) $(BENCHES) cuda-notice
+
+ifeq ($(HAVE_CUDA),1)
+all: $(CUDA_LIB)
+cuda-notice: ;
+else
+cuda-notice:
+	@echo "note: CUDA backend not built ($(if $(filter 0,$(CUDA)),CUDA=0,nvcc or cudnn.h not found)); CPU only"
+endif
+
+$(BUILD)/%.o: %.c $(wildcard libcommon/*.h) | $(BUILD)/libcommon $(BUILD)/tools $(BUILD)/tests/unit $(BUILD)/tests/bench
+	$(CC) $(CPPFLAGS) $(ALL_CFLAGS) -c $< -o $@
+
+$(LIB): $(LIB_OBJ)
+	rm -f $@ && ar rcs $@ $^
+
+$(BUILD)/bin/%: $(BUILD)/tools/%.o $(LIB) | $(BUILD)/bin
+	$(CC) $(ALL_CFLAGS) $< $(LIB) $(LDLIBS) -o $@
+
+$(BUILD)/tests/%: $(BUILD)/tests/unit/%.o $(LIB)
+	$(CC) $(ALL_CFLAGS) $< $(LIB) $(LDLIBS) -o $@
+
+$(BUILD)/bench/%: $(BUILD)/tests/bench/%.o $(LIB) | $(BUILD)/bench
+	$(CC) $(ALL_CFLAGS) $< $(LIB) $(LDLIBS) -o $@
+
+$(BUILD)/cuda/%.o: cuda/%.cu $(wildcard cuda/*.h libcommon/*.h) | $(BUILD)/cuda
+	$(NVCC) $(NVCCFLAGS) -Ilibcommon -Icuda -c $< -o $@
+
+$(CUDA_LIB): $(CUDA_OBJ)
+	rm -f $@ && ar rcs $@ $^
+
+$(BUILD)/libcommon $(BUILD)/tools $(BUILD)/tests/unit $(BUILD)/tests/bench $(BUILD)/bin $(BUILD)/bench $(BUILD)/cuda:
+	mkdir -p $@
+
+check: all
+	@sh tests/run.sh $(BUILD)
+
+# Same sources, separate build folder, sanitizers on; any report aborts the test that caused it.
+check-asan:
+	$(MAKE) BUILD=build-asan OPT=-O1 SAN="-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all" CUDA=0 all
+	@ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 sh tests/run.sh build-asan
+
+# libFuzzer targets: the stream reader and the safetensors reader, built with clang.
+FUZZ_SRC := $(wildcard tests/fuzz/fuzz_*.c)
+FUZZERS  := $(FUZZ_SRC:tests/fuzz/%.c=build-fuzz/%)
+FUZZ_SECONDS ?= 60
+fuzz: $(FUZZERS)
+build-fuzz/%: tests/fuzz/%.c $(LIB_SRC) $(wildcard libcommon/*.h)
+	@mkdir -p build-fuzz
+	clang -g -O1 -fsanitize=fuzzer,address,undefined $(CPPFLAGS) -std=c11 -D_GNU_SOURCE $< $(LIB_SRC) $(LDLIBS) -o $@
+fuzz-run: fuzz
+	@for f in $(FUZZERS); do n=$$(basename $$f); mkdir -p build-fuzz/corpus-$$n; \
+	  cp tests/fuzz/seeds/$$n/* build-fuzz/corpus-$$n/ 2>/dev/null; \
+	  echo "== $$n for $(FUZZ_SECONDS) s"; \
+	  $$f -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=2048 -print_final_stats=1 build-fuzz/corpus-$$n || exit 1; done
+
+bench: all
+	@sh tests/bench/run.sh $(BUILD)
+
+demo: all
+	@$(MAKE) --no-print-directory -C examples/fashion-mnist BIN=$(CURDIR)/$(BUILD)/bin
+
+install: $(TOOLS)
+	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/share/man/man1 $(DESTDIR)$(PREFIX)/share/man/man5 $(DESTDIR)$(PREFIX)/share/man/man7
+	install -m 755 $(TOOLS) $(DESTDIR)$(PREFIX)/bin/
+	for m in $(MAN_PAGES); do install -m 644 $$m $(DESTDIR)$(PREFIX)/share/man/$$(basename $$(dirname $$m))/; done
+
+clean:
+	rm -rf build build-asan build-fuzz

@@ -1,0 +1,89 @@
+/* cli.c — see cli.h. */
+#include "cli.h"
+
+#include <errno.h>
+#include <math.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <unistd.h>
+
+static const char *tool_name = "moco";
+
+void cli_init(const char *name)
+{
+    tool_name = name;
+    signal(SIGPIPE, SIG_IGN);
+}
+
+const char *cli_tool(void) { return tool_name; }
+
+static void vreport(const char *tag, const char *fmt, va_list ap)
+{
+    char msg[2048];
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    fprintf(stderr, "%s: %s%s\n", tool_name, tag, msg);
+}
+
+int cli_error(const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vreport("", fmt, ap);
+    va_end(ap);
+    return EXIT_FAILURE;
+}
+
+void cli_warn(const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vreport("warning: ", fmt, ap);
+    va_end(ap);
+}
+
+int cli_usage_error(const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vreport("", fmt, ap);
+    va_end(ap);
+    fprintf(stderr, "Try '%s --help'.\n", tool_name);
+    return EXIT_USAGE;
+}
+
+int cli_version(void)
+{
+    printf("%s (moco) %s\n", tool_name, MOCO_VERSION);
+    return 0;
+}
+
+int cli_int(const char *option, const char *s, int64_t min, int64_t max, int64_t *out)
+{
+    char *end;
+    errno = 0;
+    long long v = strtoll(s, &end, 10);
+    if (errno || end == s || *end || v < min || v > max)
+        return cli_usage_error("%s: '%s' is not an integer in %lld..%lld", option, s, (long long)min,
+                               (long long)max);
+    *out = v;
+    return 0;
+}
+
+int cli_real(const char *option, const char *s, double min, double max, double *out)
+{
+    char *end;
+    errno = 0;
+    double v = strtod(s, &end);
+    if (errno || end == s || *end || !isfinite(v) || v < min || v > max)
+        return cli_usage_error("%s: '%s' is not a number in %g..%g", option, s, min, max);
+    *out = v;
+    return 0;
+}
+
+int cli_default_threads(void)
+{
+    long n = sysconf(_SC_NPROCESSORS_ONLN);
+    return n > 0 ? (int)n : 1;
+}

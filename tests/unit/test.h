@@ -1,0 +1,53 @@
+/* test.h — the unit-test harness: each tests/unit/test_*.c is one program of TEST functions run
+ * from main with RUN(name). Every test prints one line, "PASS name" or "FAIL name: file:line: what",
+ * which tests/run.sh counts into the final "N passed, N failed". A test stops at its first failed
+ * CHECK. Tests read like specifications: test_stream_rejects_flipped_byte. */
+#ifndef MOCO_TEST_H
+#define MOCO_TEST_H
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static int test_failed_flag;
+static int test_fail_count;
+static char test_fail_where[512];
+
+#define TEST(name) static void name(void)
+
+#define CHECK(cond)                                                                                \
+    do {                                                                                           \
+        if (!(cond)) {                                                                             \
+            snprintf(test_fail_where, sizeof test_fail_where, "%s:%d: %s", __FILE__, __LINE__, #cond); \
+            test_failed_flag = 1;                                                                  \
+            return;                                                                                \
+        }                                                                                          \
+    } while (0)
+
+/* CHECK with the library's error message shown on failure. */
+#define CHECK_OK(expr, errp)                                                                       \
+    do {                                                                                           \
+        if ((expr) != 0) {                                                                         \
+            snprintf(test_fail_where, sizeof test_fail_where, "%s:%d: %s: %s", __FILE__, __LINE__, \
+                     #expr, (errp)->msg);                                                          \
+            test_failed_flag = 1;                                                                  \
+            return;                                                                                \
+        }                                                                                          \
+    } while (0)
+
+#define RUN(name)                                                                                  \
+    do {                                                                                           \
+        test_failed_flag = 0;                                                                      \
+        name();                                                                                    \
+        if (test_failed_flag) {                                                                    \
+            printf("FAIL %s: %s\n", #name, test_fail_where);                                       \
+            test_fail_count++;                                                                     \
+        } else {                                                                                   \
+            printf("PASS %s\n", #name);                                                            \
+        }                                                                                          \
+        fflush(stdout);                                                                            \
+    } while (0)
+
+#define TEST_EXIT() return test_fail_count ? 1 : 0
+
+#endif
