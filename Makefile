@@ -40,6 +40,8 @@ TOOL_SRC  := $(wildcard tools/*.c)
 TOOLS     := $(TOOL_SRC:tools/%.c=$(BUILD)/bin/%)
 TEST_SRC  := $(wildcard tests/unit/test_*.c)
 TESTS     := $(TEST_SRC:tests/unit/%.c=$(BUILD)/tests/%)
+HELPER_SRC:= $(wildcard tests/helpers/*.c)
+HELPERS   := $(HELPER_SRC:tests/helpers/%.c=$(BUILD)/helpers/%)
 BENCH_SRC := $(wildcard tests/bench/*.c)
 BENCHES   := $(BENCH_SRC:tests/bench/%.c=$(BUILD)/bench/%)
 CUDA_SRC  := $(wildcard cuda/*.cu)
@@ -47,7 +49,7 @@ CUDA_OBJ  := $(CUDA_SRC:%.cu=$(BUILD)/%.o)
 MAN_PAGES := $(wildcard man/man*/*.[1-8])
 
 .PHONY: all check check-asan bench demo install clean fuzz fuzz-run cuda-notice
-all: $(TOOLS) $(TESTS) $(BENCHES) cuda-notice
+all: $(TOOLS) $(TESTS) $(HELPERS) $(BENCHES) cuda-notice
 
 ifeq ($(HAVE_CUDA),1)
 all: $(CUDA_LIB)
@@ -57,7 +59,7 @@ cuda-notice:
 	@echo "note: CUDA backend not built ($(if $(filter 0,$(CUDA)),CUDA=0,nvcc or cudnn.h not found)); CPU only"
 endif
 
-$(BUILD)/%.o: %.c $(wildcard libcommon/*.h) | $(BUILD)/libcommon $(BUILD)/tools $(BUILD)/tests/unit $(BUILD)/tests/bench
+$(BUILD)/%.o: %.c $(wildcard libcommon/*.h) | $(BUILD)/libcommon $(BUILD)/tools $(BUILD)/tests/unit $(BUILD)/tests/bench $(BUILD)/tests/helpers
 	$(CC) $(CPPFLAGS) $(ALL_CFLAGS) -c $< -o $@
 
 $(LIB): $(LIB_OBJ)
@@ -69,6 +71,9 @@ $(BUILD)/bin/%: $(BUILD)/tools/%.o $(LIB) | $(BUILD)/bin
 $(BUILD)/tests/%: $(BUILD)/tests/unit/%.o $(LIB)
 	$(CC) $(ALL_CFLAGS) $< $(LIB) $(LDLIBS) -o $@
 
+$(BUILD)/helpers/%: $(BUILD)/tests/helpers/%.o $(LIB) | $(BUILD)/helpers
+	$(CC) $(ALL_CFLAGS) $< $(LIB) $(LDLIBS) -o $@
+
 $(BUILD)/bench/%: $(BUILD)/tests/bench/%.o $(LIB) | $(BUILD)/bench
 	$(CC) $(ALL_CFLAGS) $< $(LIB) $(LDLIBS) -o $@
 
@@ -78,7 +83,7 @@ $(BUILD)/cuda/%.o: cuda/%.cu $(wildcard cuda/*.h libcommon/*.h) | $(BUILD)/cuda
 $(CUDA_LIB): $(CUDA_OBJ)
 	rm -f $@ && ar rcs $@ $^
 
-$(BUILD)/libcommon $(BUILD)/tools $(BUILD)/tests/unit $(BUILD)/tests/bench $(BUILD)/bin $(BUILD)/bench $(BUILD)/cuda:
+$(BUILD)/libcommon $(BUILD)/tools $(BUILD)/tests/unit $(BUILD)/tests/bench $(BUILD)/tests/helpers $(BUILD)/bin $(BUILD)/helpers $(BUILD)/bench $(BUILD)/cuda:
 	mkdir -p $@
 
 check: all

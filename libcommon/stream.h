@@ -77,9 +77,15 @@ typedef struct {
     int level;          /* 0 raw records; 1..22 zstd; -1..-7 zstd's fast levels. Default 3. */
     int threads;        /* zstd worker threads for large writes (0 = compress on the caller's thread) */
     int allow_terminal; /* write binary even when the output is a terminal */
+    int zero_copy;      /* raw records into a pipe: vmsplice(2) pages instead of copying them */
 } stream_options;
 
-#define STREAM_OPTIONS_DEFAULT ((stream_options){.level = 3, .threads = 0, .allow_terminal = 0})
+/* zero_copy: the pipe then holds references to the writer's pages, which it reuses once at least a
+ * pipe's capacity of later bytes has gone in (so the reader has copied them out). That is safe for
+ * a reader that read()s the pipe, as every moco tool does, but not for a relay that splice()s the
+ * pages on (pv does): the pages may then change before the final reader sees them, and its record
+ * checks will report corruption. Roughly halves the CPU cost of a raw pipe on both sides. */
+#define STREAM_OPTIONS_DEFAULT ((stream_options){.level = 3, .threads = 0, .allow_terminal = 0, .zero_copy = 0})
 
 typedef struct stream_writer stream_writer;
 
