@@ -66,7 +66,9 @@ int main(int argc, char **argv)
             stream_record r;
             stream_record_init(&r, k, nclasses ? k % nclasses : -1);
             int64_t dims[3] = {img.height, img.width, 3};
-            rc = stream_record_add(&r, "image", DTYPE_U8, 3, dims, px, &err) || stream_write(w, &r, &err);
+            rc = stream_record_add(&r, "image", DTYPE_U8, 3, dims, px, &err);
+            if (!rc)
+                rc = stream_write(w, &r, &err);
             free(px);
         }
     } else {
@@ -82,10 +84,10 @@ int main(int argc, char **argv)
             int64_t vd[4] = {2, 32, 32, 3}, id[3] = {8, 8, 3}, fd[1] = {4};
             if (views)
                 rc = stream_record_add(&r, "views", DTYPE_U8, 4, vd, pixels, &err);
-            else
-                rc = stream_record_add(&r, "image", DTYPE_U8, 3, id, pixels, &err) ||
-                     stream_record_add(&r, "feat", DTYPE_F32, 1, fd, feat, &err);
-            rc = rc || stream_write(w, &r, &err);
+            else if (!(rc = stream_record_add(&r, "image", DTYPE_U8, 3, id, pixels, &err)))
+                rc = stream_record_add(&r, "feat", DTYPE_F32, 1, fd, feat, &err);
+            if (!rc)
+                rc = stream_write(w, &r, &err);
         }
     }
     free(copy);

@@ -1,0 +1,49 @@
+#!/bin/sh
+# run.sh BUILD_DIR — `make bench`: figures measured in this run, printed as a table.
+#
+# Stream: pairs of 224x224x3 u8 views (crops of a real photo) written by one process and read by
+# another through a pipe, raw and at zstd levels; CPU seconds per 1000 pairs on each side; and the
+# reader's share of a core when the writer is paced at 3000 pairs/s (a GPU's appetite).
+# Peer: the same pairs as PyTorch tensors through a multiprocessing pipe (pickled, as a DataLoader
+# worker's queue would carry them without shared memory), when Debian's python3-torch is present.
+set -u
+build=${1:-build}
+top=$(cd "$(dirname "$0")/../.." && pwd)
+bench=$build/bench/stream_bench
+photo=$top/../shared/data/photos/astronaut.png
+pairs=${BENCH_PAIRS:-20000}
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+
+field() { sed -n "s/.*\"$1\":\([0-9.]*\).*/\1/p" "$2"; }
+
+run() { # label level rate extra_writer_flag
+    "$bench" write --pairs "$4" --level "$2" --rate "$3" --png "$photo" $5 2>"$tmp/w" | "$bench" read 2>"$tmp/r"
+    wp=$(field pairs "$tmp/w"); ww=$(field wall_s "$tmp/r"); wc=$(field cpu_s "$tmp/w"); rc=$(field cpu_s "$tmp/r")
+    awk -v l="$1" -v p="$wp" -v w="$ww" -v wc="$wc" -v rc="$rc" 'BEGIN {
+        printf "%-34s %10.0f %14.1f %14.1f %12.1f%%\n", l, p / w, 1000 * wc / p, 1000 * rc / p, 100 * rc / w }'
+}
+
+echo "stream through a pipe: 224x224x3 u8 view pairs ($(nproc) cores: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'))"
+printf "%-34s %10s %14s %14s %13s\n" "" "pairs/s" "writer cpu s" "reader cpu s" "reader core"
+printf "%-34s %10s %14s %14s %13s\n" "" "" "per 1000" "per 1000" "share"
+run "raw (--level 0)" 0 0 "$pairs" ""
+run "raw, zero-copy (vmsplice)" 0 0 "$pairs" --zero-copy
+run "zstd --level -7 (fastest tried)" -7 0 $((pairs / 2)) ""
+run "zstd --level 1" 1 0 $((pairs / 4)) ""
+run "raw, paced at 3000 pairs/s" 0 3000 9000 ""
+run "raw zero-copy, paced at 3000/s" 0 3000 9000 --zero-copy
+run "zstd -7, paced at 3000/s" -7 3000 9000 ""
+
+if /usr/bin/python3 -c 'import torch' 2>/dev/null; then
+    /usr/bin/python3 "$top/tests/bench/pipe_peer.py" --pairs $((pairs / 4)) >"$tmp/peer" 2>&1 || true
+    ours=$("$bench" write --pairs $((pairs / 4)) --level 0 --png "$photo" 2>/dev/null | "$bench" read 2>&1 | sed -n 's/.*"pairs":\([0-9]*\),"wall_s":\([0-9.]*\).*/\1 \2/p')
+    peer=$(sed -n 's/^pairs_per_s=//p' "$tmp/peer")
+    if [ -n "$peer" ] && [ -n "$ours" ]; then
+        echo "$ours $peer" | awk '{ o = $1 / $2; printf "peer: torch tensors pickled through a multiprocessing pipe %.0f pairs/s; raw stream %.0f pairs/s: %.1fx\n", $3, o, o / $3 }'
+    else
+        echo "peer: torch pipe benchmark failed: $(tail -n 3 "$tmp/peer")"
+    fi
+else
+    echo "peer: skipped (Debian's python3-torch not installed)"
+fi

@@ -1,0 +1,38 @@
+# lib.sh — helpers for the tool tests (sourced). Like git's t/: each check runs real binaries in
+# pipes and prints "PASS name" or "FAIL name: why", which tests/run.sh counts.
+# Environment: BUILD (the build folder, absolute) and TOP (the repository root).
+set -u
+BIN=$BUILD/bin
+HELPERS=$BUILD/helpers
+PHOTOS=$TOP/../shared/data/photos
+T=$(mktemp -d /tmp/moco-tool-test.XXXXXX)
+trap 'rm -rf "$T"' EXIT
+
+pass() { echo "PASS $1"; }
+fail() { echo "FAIL $1: $2"; }
+
+# expect NAME STATUS STDERR_PATTERN -- command...: the command (run by sh -c, so pipes work)
+# must exit with STATUS and its stderr must match the extended regex STDERR_PATTERN ('' = any,
+# 'EMPTY' = nothing at all on stderr).
+expect() {
+    name=$1 want=$2 pattern=$3
+    shift 4
+    sh -c "$*" >"$T/out" 2>"$T/err"
+    got=$?
+    if [ "$got" -ne "$want" ]; then
+        fail "$name" "exit $got, expected $want; stderr: $(head -c 300 "$T/err")"
+    elif [ "$pattern" = EMPTY ] && [ -s "$T/err" ]; then
+        fail "$name" "expected no message, got: $(head -c 300 "$T/err")"
+    elif [ -n "$pattern" ] && [ "$pattern" != EMPTY ] && ! grep -Eq -- "$pattern" "$T/err"; then
+        fail "$name" "stderr does not match /$pattern/: $(head -c 300 "$T/err")"
+    else
+        pass "$name"
+    fi
+}
+
+# check NAME condition...: a plain test(1)-style or shell condition.
+check() {
+    name=$1
+    shift
+    if sh -c "$*" >/dev/null 2>&1; then pass "$name"; else fail "$name" "$*"; fi
+}
