@@ -11,13 +11,13 @@ VERSION   := 0.1.0
 BUILD     ?= build
 PREFIX    ?= /usr/local
 CC        ?= cc
-PKGS      := libzstd libxxhash jansson libpng
+PKGS      := libzstd libxxhash jansson libpng libjpeg libarchive zlib
 OPT       ?= -O2
 CFLAGS    ?= $(OPT) -g
 SAN       ?=
 CPPFLAGS  += -Ilibcommon -DMOCO_VERSION='"$(VERSION)"' $(shell pkg-config --cflags $(PKGS))
-ALL_CFLAGS = -std=c11 -D_GNU_SOURCE -Wall -Wextra -Wshadow -Wno-format-truncation -pthread $(SAN) $(CFLAGS)
-LDLIBS    += $(shell pkg-config --libs $(PKGS)) -lm -pthread
+ALL_CFLAGS = -std=c11 -D_GNU_SOURCE -Wall -Wextra -Wshadow -Wno-format-truncation -pthread -fopenmp $(SAN) $(CFLAGS)
+LDLIBS    += $(shell pkg-config --libs $(PKGS)) -lm -pthread -fopenmp
 
 # CUDA: built when nvcc and cudnn.h are both found, unless CUDA=0.
 CUDA_HOME ?= /usr/local/cuda
@@ -94,14 +94,15 @@ check-asan:
 	$(MAKE) BUILD=build-asan OPT=-O1 SAN="-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all" CUDA=0 all
 	@ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 sh tests/run.sh build-asan
 
-# libFuzzer targets: the stream reader and the safetensors reader, built with clang.
+# libFuzzer targets (stream, safetensors, image decoding), built with clang; OpenMP pragmas are
+# ignored there, so libcommon calls omp_* functions only under #ifdef _OPENMP.
 FUZZ_SRC := $(wildcard tests/fuzz/fuzz_*.c)
 FUZZERS  := $(FUZZ_SRC:tests/fuzz/%.c=build-fuzz/%)
 FUZZ_SECONDS ?= 60
 fuzz: $(FUZZERS)
 build-fuzz/%: tests/fuzz/%.c $(LIB_SRC) $(wildcard libcommon/*.h)
 	@mkdir -p build-fuzz
-	clang -g -O1 -fsanitize=fuzzer,address,undefined $(CPPFLAGS) -std=c11 -D_GNU_SOURCE $< $(LIB_SRC) $(LDLIBS) -o $@
+	clang -g -O1 -fsanitize=fuzzer,address,undefined $(CPPFLAGS) -std=c11 -D_GNU_SOURCE $< $(LIB_SRC) $(filter-out -fopenmp,$(LDLIBS)) -o $@
 fuzz-run: fuzz
 	@for f in $(FUZZERS); do n=$$(basename $$f); mkdir -p build-fuzz/corpus-$$n; \
 	  cp tests/fuzz/seeds/$$n/* build-fuzz/corpus-$$n/ 2>/dev/null; \

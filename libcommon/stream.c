@@ -97,6 +97,12 @@ void stream_header_free(stream_header *h)
     }
 }
 
+stream_header *stream_header_copy(const stream_header *h)
+{
+    json_t *o = json_deep_copy(h->obj);
+    return o ? header_wrap(o) : NULL;
+}
+
 void stream_header_set_args(stream_header *h, int argc, char **argv)
 {
     json_t *a = json_array();

@@ -36,6 +36,8 @@ typedef struct stream_header stream_header;
 
 stream_header *stream_header_new(const char *kind, const char *producer);
 void stream_header_free(stream_header *h);
+/* A deep copy (NULL when out of memory). */
+stream_header *stream_header_copy(const stream_header *h);
 /* The command line that made the stream (stored as a JSON array of strings). */
 void stream_header_set_args(stream_header *h, int argc, char **argv);
 void stream_header_set_classes(stream_header *h, int n, const char *const *names);

@@ -30,9 +30,10 @@ expect() {
     fi
 }
 
-# check NAME condition...: a plain test(1)-style or shell condition.
+# check NAME condition...: a shell condition, evaluated in a subshell of the test (its functions
+# and variables are visible).
 check() {
     name=$1
     shift
-    if sh -c "$*" >/dev/null 2>&1; then pass "$name"; else fail "$name" "$*"; fi
+    if (eval "$*") >/dev/null 2>&1; then pass "$name"; else fail "$name" "$*"; fi
 }
