@@ -6,6 +6,9 @@
 # reader's share of a core when the writer is paced at 3000 pairs/s (a GPU's appetite).
 # Peer: the same pairs as PyTorch tensors through a multiprocessing pipe (pickled, as a DataLoader
 # worker's queue would carry them without shared memory), when Debian's python3-torch is present.
+# Shard: decode + resize to short side 256 + re-encode at quality 90 of the real photos in
+# ../shared/data/photos (each copied several times), by moco-shard with 1 and with all threads,
+# against PIL doing the same on one core.
 set -u
 build=${1:-build}
 top=$(cd "$(dirname "$0")/../.." && pwd)
@@ -47,3 +50,38 @@ if /usr/bin/python3 -c 'import torch' 2>/dev/null; then
 else
     echo "peer: skipped (Debian's python3-torch not installed)"
 fi
+
+echo
+photos=$top/../shared/data/photos
+copies=${BENCH_COPIES:-20}
+mkdir -p "$tmp/photos/all"
+for i in $(seq "$copies"); do
+    for f in "$photos"/*.jpg "$photos"/*.png; do
+        case $f in *truncated*) continue ;; esac
+        cp "$f" "$tmp/photos/all/$i-$(basename "$f")"
+    done
+done
+n=$(ls "$tmp/photos/all" | wc -l)
+echo "shard: decode + resize to short side 256 + JPEG quality 90, $n photos (${copies}x the $((n / copies)) in shared/data/photos)"
+shard_rate() { # threads
+    t0=$(date +%s.%N)
+    "$build/bin/moco-shard" -q --out "$tmp/shards-$1" --short-side 256 --store jpeg --quality 90 --level 1 \
+        --threads "$1" "$tmp/photos" >/dev/null 2>&1
+    t1=$(date +%s.%N)
+    rm -rf "$tmp/shards-$1"
+    echo "$n $t0 $t1" | awk '{ printf "%.1f", $1 / ($3 - $2) }'
+}
+one=$(shard_rate 1)
+cores=$(nproc)
+all=$(shard_rate "$cores")
+if /usr/bin/python3 -c 'import PIL' 2>/dev/null; then
+    peer=$(/usr/bin/python3 "$top/tests/bench/shard_peer.py" "$tmp/photos/all" 1 | sed -n 's/^images_per_s=//p')
+else
+    peer=""
+fi
+printf "%-40s %10s %10s\n" "" "images/s" "vs PIL"
+printf "%-40s %10s %10s\n" "PIL 9.4 (python3-pil), one core" "${peer:-n/a}" "1.0x"
+ratio() { echo "$1 $2" | awk '{ if ($2 > 0) printf "%.1fx", $1 / $2; else printf "n/a" }'; }
+printf "%-40s %10s %10s\n" "moco-shard --threads 1" "$one" "$(ratio "$one" "${peer:-0}")"
+printf "%-40s %10s %10s\n" "moco-shard --threads $cores" "$all" "$(ratio "$all" "${peer:-0}")"
+echo "$one $all" | awk -v c="$cores" '{ printf "scaling: %.2fx with %d threads (%.0f%% of linear)\n", $2 / $1, c, 100 * $2 / $1 / c }'

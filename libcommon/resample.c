@@ -1,0 +1,317 @@
+/* resample.c — Pillow 9.4's convolution resampling (libImaging/Resample.c) for u8 HWC images.
+ *
+ * Bit-exact with Image.resize(size, filter, box) on "L" and "RGB" images: coefficients computed in
+ * double as precompute_coeffs does (box corners in float, as PIL's argument parsing makes them),
+ * turned into 22-bit fixed point as normalize_coeffs_8bpc does, then a horizontal pass over only the
+ * source rows the vertical pass will read, then the vertical pass, each rounding and clamping to u8.
+ * Not here: the 16/32-bit modes, NEAREST (an affine transform in Pillow) and the RGBA/LA
+ * premultiplication Image.resize adds in Python: 2 and 4 channels are resampled as independent bands.
+ *
+ * All scratch memory (coefficients, bounds, the intermediate image, one accumulator row) comes from
+ * one malloc per call. The vertical pass runs row by row over an int32 accumulator rather than
+ * column by column as Pillow does; integer sums do not depend on order, so the bytes are the same. */
+#include "resample.h"
+
+#include <math.h>
+#include <stddef.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* 8 bits of result and 2 bits of headroom for filters with negative lobes (Pillow's comment). */
+#define PRECISION_BITS (32 - 8 - 2)
+#define HALF (1 << (PRECISION_BITS - 1))
+
+/* The five filters, as Pillow writes them (including its float constants 0.54f and 0.46f). */
+static double box_filter(double x)
+{
+    return (x > -0.5 && x <= 0.5) ? 1.0 : 0.0;
+}
+
+static double bilinear_filter(double x)
+{
+    if (x < 0.0)
+        x = -x;
+    return x < 1.0 ? 1.0 - x : 0.0;
+}
+
+static double hamming_filter(double x)
+{
+    if (x < 0.0)
+        x = -x;
+    if (x == 0.0)
+        return 1.0;
+    if (x >= 1.0)
+        return 0.0;
+    x = x * M_PI;
+    return sin(x) / x * (0.54f + 0.46f * cos(x));
+}
+
+static double bicubic_filter(double x)
+{
+    const double a = -0.5; /* Keys' cubic, as Pillow */
+    if (x < 0.0)
+        x = -x;
+    if (x < 1.0)
+        return ((a + 2.0) * x - (a + 3.0)) * x * x + 1;
+    if (x < 2.0)
+        return (((x - 5) * x + 8) * x - 4) * a;
+    return 0.0;
+}
+
+static double sinc_filter(double x)
+{
+    if (x == 0.0)
+        return 1.0;
+    x = x * M_PI;
+    return sin(x) / x;
+}
+
+static double lanczos_filter(double x)
+{
+    if (-3.0 <= x && x < 3.0) /* truncated sinc, a = 3 */
+        return sinc_filter(x) * sinc_filter(x / 3);
+    return 0.0;
+}
+
+typedef struct {
+    double (*fn)(double x);
+    double support;
+} filter_def;
+
+static const filter_def FILTERS[] = {
+    [RESAMPLE_BOX] = {box_filter, 0.5},         [RESAMPLE_BILINEAR] = {bilinear_filter, 1.0},
+    [RESAMPLE_HAMMING] = {hamming_filter, 1.0}, [RESAMPLE_BICUBIC] = {bicubic_filter, 2.0},
+    [RESAMPLE_LANCZOS] = {lanczos_filter, 3.0},
+};
+
+/* Coefficients of one axis: out_size rows of ksize taps; output xx reads source pixels
+ * bounds[2xx] .. bounds[2xx] + bounds[2xx+1] - 1 with weights kk[xx*ksize ...]. */
+typedef struct {
+    int ksize;
+    int *bounds;
+    int32_t *kk;
+} axis_coeffs;
+
+/* Pillow's precompute_coeffs: how many taps the widest output pixel needs. in0/in1 are floats
+ * because Pillow receives the box as floats; (in1 - in0) is a float subtraction there too. */
+static int coeff_ksize(float in0, float in1, int out_size, const filter_def *f)
+{
+    double filterscale = (double)(in1 - in0) / out_size;
+    if (filterscale < 1.0)
+        filterscale = 1.0;
+    return (int)ceil(f->support * filterscale) * 2 + 1;
+}
+
+/* Pillow's precompute_coeffs followed by normalize_coeffs_8bpc; k is scratch for one row of
+ * double weights (ksize of them). */
+static void coeff_compute(int in_size, float in0, float in1, int out_size, const filter_def *f,
+                          axis_coeffs *a, double *k)
+{
+    double scale = (double)(in1 - in0) / out_size;
+    double filterscale = scale < 1.0 ? 1.0 : scale; /* widen the filter when shrinking: antialias */
+    double support = f->support * filterscale;
+    double ss = 1.0 / filterscale;
+    for (int xx = 0; xx < out_size; xx++) {
+        double center = in0 + (xx + 0.5) * scale;
+        double ww = 0.0;
+        int xmin = (int)(center - support + 0.5); /* (int) truncates, as in Pillow */
+        if (xmin < 0)
+            xmin = 0;
+        int xmax = (int)(center + support + 0.5);
+        if (xmax > in_size)
+            xmax = in_size;
+        xmax -= xmin;
+        for (int x = 0; x < xmax; x++) {
+            k[x] = f->fn((x + xmin - center + 0.5) * ss);
+            ww += k[x];
+        }
+        int32_t *kk = a->kk + (size_t)xx * a->ksize;
+        for (int x = 0; x < a->ksize; x++) {
+            double w = 0.0;
+            if (x < xmax)
+                w = ww != 0.0 ? k[x] / ww : k[x];
+            /* normalize_coeffs_8bpc: round half away from zero into 22-bit fixed point */
+            kk[x] = w < 0 ? (int32_t)(-0.5 + w * (1 << PRECISION_BITS))
+                          : (int32_t)(0.5 + w * (1 << PRECISION_BITS));
+        }
+        a->bounds[2 * xx] = xmin;
+        a->bounds[2 * xx + 1] = xmax;
+    }
+}
+
+/* Pillow's clip8: the fixed-point sum back to a byte, clamped. */
+static inline uint8_t clip8(int32_t v)
+{
+    v >>= PRECISION_BITS;
+    return (uint8_t)(v < 0 ? 0 : v > 255 ? 255 : v);
+}
+
+/* ImagingResampleHorizontal_8bpc over `rows` source rows starting at row0, into tmp (rows x dw).
+ * Inlined with a constant `channels` so each channel count gets its own unrolled loop. */
+static inline __attribute__((always_inline)) void
+horizontal_pass(const uint8_t *src, int sw, int row0, int rows, const axis_coeffs *a, uint8_t *tmp,
+                int dw, const int channels)
+{
+    for (int yy = 0; yy < rows; yy++) {
+        const uint8_t *in = src + (size_t)(row0 + yy) * sw * channels;
+        uint8_t *out = tmp + (size_t)yy * dw * channels;
+        for (int xx = 0; xx < dw; xx++) {
+            const uint8_t *p = in + (size_t)a->bounds[2 * xx] * channels;
+            const int32_t *k = a->kk + (size_t)xx * a->ksize;
+            int n = a->bounds[2 * xx + 1];
+            /* one named sum a channel: GCC -O2 keeps these in registers, not an array */
+            int32_t s0 = HALF, s1 = HALF, s2 = HALF, s3 = HALF;
+            for (int x = 0; x < n; x++, p += channels) {
+                s0 += p[0] * k[x];
+                if (channels > 1) /* constant: no branch once inlined */
+                    s1 += p[1] * k[x];
+                if (channels > 2)
+                    s2 += p[2] * k[x];
+                if (channels > 3)
+                    s3 += p[3] * k[x];
+            }
+            uint8_t *o = out + (size_t)xx * channels;
+            o[0] = clip8(s0);
+            if (channels > 1)
+                o[1] = clip8(s1);
+            if (channels > 2)
+                o[2] = clip8(s2);
+            if (channels > 3)
+                o[3] = clip8(s3);
+        }
+    }
+}
+
+/* ImagingResampleVertical_8bpc: in has rows of `width` bytes (all channels); for each output row,
+ * accumulate the weighted source rows it covers into acc, then clip. */
+static void vertical_pass(const uint8_t *in, size_t width, const axis_coeffs *a, int dh, uint8_t *dst,
+                          int32_t *restrict acc)
+{
+    for (int yy = 0; yy < dh; yy++) {
+        const int32_t *k = a->kk + (size_t)yy * a->ksize;
+        const uint8_t *rows = in + (size_t)a->bounds[2 * yy] * width;
+        int n = a->bounds[2 * yy + 1];
+        for (size_t i = 0; i < width; i++)
+            acc[i] = HALF;
+        for (int y = 0; y < n; y++) {
+            const uint8_t *restrict row = rows + (size_t)y * width;
+            int32_t ky = k[y];
+            /* blocks of 16: GCC's -O2 vectorizer only takes loops whose trip count it knows */
+            size_t i = 0;
+            for (; i + 16 <= width; i += 16)
+                for (int j = 0; j < 16; j++)
+                    acc[i + j] += row[i + j] * ky;
+            for (; i < width; i++)
+                acc[i] += row[i] * ky;
+        }
+        uint8_t *out = dst + (size_t)yy * width;
+        for (size_t i = 0; i < width; i++)
+            out[i] = clip8(acc[i]);
+    }
+}
+
+static size_t align16(size_t n)
+{
+    return (n + 15) & ~(size_t)15;
+}
+
+int resample(const uint8_t *src, int sh, int sw, int channels, const double box[4], uint8_t *dst, int dh,
+             int dw, resample_filter filter, moco_error *err)
+{
+    if (sh < 1 || sw < 1 || dh < 1 || dw < 1)
+        return moco_fail(err, "resample: bad size %dx%d -> %dx%d", sw, sh, dw, dh);
+    if (channels < 1 || channels > 4)
+        return moco_fail(err, "resample: %d channels (1 to 4 supported)", channels);
+    if ((unsigned)filter >= sizeof FILTERS / sizeof FILTERS[0])
+        return moco_fail(err, "resample: unknown filter %d", (int)filter);
+    /* PIL's _resize receives the box as C floats; the same rounding makes the same coefficients. */
+    float b[4] = {0.0f, 0.0f, (float)sw, (float)sh};
+    if (box)
+        for (int i = 0; i < 4; i++)
+            b[i] = (float)box[i];
+    /* _resize's checks, written so that NaN fails them */
+    if (!(b[0] >= 0 && b[1] >= 0 && b[2] <= sw && b[3] <= sh && b[2] - b[0] >= 0 && b[3] - b[1] >= 0))
+        return moco_fail(err, "resample: box (%g, %g, %g, %g) is not inside the %dx%d source", b[0], b[1],
+                         b[2], b[3], sw, sh);
+    size_t row_bytes = (size_t)dw * channels;
+
+    /* _resize: an integral box of the output's size is a plain crop (ImagingCrop). */
+    if (b[0] - (int)b[0] == 0 && b[2] - b[0] == dw && b[1] - (int)b[1] == 0 && b[3] - b[1] == dh) {
+        for (int y = 0; y < dh; y++)
+            memcpy(dst + (size_t)y * row_bytes,
+                   src + ((size_t)((int)b[1] + y) * sw + (int)b[0]) * channels, row_bytes);
+        return MOCO_OK;
+    }
+
+    /* ImagingResampleInner: a pass is skipped when its axis is unchanged and the box covers it. */
+    const filter_def *f = &FILTERS[filter];
+    int need_horizontal = dw != sw || b[0] != 0 || b[2] != dw;
+    int need_vertical = dh != sh || b[1] != 0 || b[3] != dh;
+    axis_coeffs h = {coeff_ksize(b[0], b[2], dw, f), NULL, NULL};
+    axis_coeffs v = {coeff_ksize(b[1], b[3], dh, f), NULL, NULL};
+    /* ksize grows with the shrink factor (at most ~6 * source size / output size + 3), so the
+     * coefficient tables stay O(source + output) in size; the tmp image is at most dw x sh. */
+    size_t n_kh = (size_t)dw * h.ksize, n_kv = (size_t)dh * v.ksize;
+    size_t k_row = (size_t)(h.ksize > v.ksize ? h.ksize : v.ksize);
+    size_t tmp_bytes = need_horizontal && need_vertical ? (size_t)sh * row_bytes : 0;
+    size_t off_kv = align16(n_kh * sizeof(int32_t));
+    size_t off_bh = off_kv + align16(n_kv * sizeof(int32_t));
+    size_t off_bv = off_bh + align16((size_t)dw * 2 * sizeof(int));
+    size_t off_k = off_bv + align16((size_t)dh * 2 * sizeof(int));
+    size_t off_acc = off_k + align16(k_row * sizeof(double));
+    size_t off_tmp = off_acc + align16(row_bytes * sizeof(int32_t));
+    uint8_t *scratch = malloc(off_tmp + tmp_bytes);
+    if (!scratch)
+        return moco_fail(err, "resample: out of memory for %dx%d -> %dx%d", sw, sh, dw, dh);
+    h.kk = (int32_t *)scratch;
+    v.kk = (int32_t *)(scratch + off_kv);
+    h.bounds = (int *)(scratch + off_bh);
+    v.bounds = (int *)(scratch + off_bv);
+    double *k = (double *)(scratch + off_k);
+    int32_t *acc = (int32_t *)(scratch + off_acc);
+    uint8_t *tmp = scratch + off_tmp;
+
+    coeff_compute(sh, b[1], b[3], dh, f, &v, k);
+    /* Only the source rows the vertical pass reads go through the horizontal pass. */
+    int ybox_first = v.bounds[0];
+    int ybox_last = v.bounds[2 * dh - 2] + v.bounds[2 * dh - 1];
+
+    const uint8_t *in = src; /* what the vertical pass reads: the source or the tmp image */
+    if (need_horizontal) {
+        coeff_compute(sw, b[0], b[2], dw, f, &h, k);
+        uint8_t *out = need_vertical ? tmp : dst;
+        int rows = need_vertical ? ybox_last - ybox_first : dh;
+        int row0 = need_vertical ? ybox_first : 0;
+        for (int i = 0; i < dh; i++)
+            v.bounds[2 * i] -= ybox_first;
+        switch (channels) {
+        case 1: horizontal_pass(src, sw, row0, rows, &h, out, dw, 1); break;
+        case 2: horizontal_pass(src, sw, row0, rows, &h, out, dw, 2); break;
+        case 3: horizontal_pass(src, sw, row0, rows, &h, out, dw, 3); break;
+        default: horizontal_pass(src, sw, row0, rows, &h, out, dw, 4); break;
+        }
+        in = tmp;
+    }
+    if (need_vertical)
+        vertical_pass(in, row_bytes, &v, dh, dst, acc);
+    else if (!need_horizontal) /* both axes unchanged (Pillow copies) */
+        memcpy(dst, src, (size_t)dh * row_bytes);
+    free(scratch);
+    return MOCO_OK;
+}
+
+void resize_short_side(int height, int width, int size, int *out_height, int *out_width)
+{
+    /* torchvision 0.14 _compute_resized_output_size: new_long = int(size * long / short) with
+     * Python's true division; both operands are exact in double, so the quotient rounds the same. */
+    int short_side = width <= height ? width : height;
+    int long_side = width <= height ? height : width;
+    int new_long = (int)((double)((int64_t)size * long_side) / short_side);
+    if (width <= height) {
+        *out_width = size;
+        *out_height = new_long;
+    } else {
+        *out_width = new_long;
+        *out_height = size;
+    }
+}
