@@ -62,6 +62,9 @@ endif
 $(BUILD)/%.o: %.c $(wildcard libcommon/*.h) | $(BUILD)/libcommon $(BUILD)/tools $(BUILD)/tests/unit $(BUILD)/tests/bench $(BUILD)/tests/helpers
 	$(CC) $(CPPFLAGS) $(ALL_CFLAGS) -c $< -o $@
 
+# The resampler is the hot loop of moco-shard and moco-augment: -O3 vectorises it further.
+$(BUILD)/libcommon/resample.o: OPT = -O3
+
 $(LIB): $(LIB_OBJ)
 	rm -f $@ && ar rcs $@ $^
 

@@ -29,6 +29,11 @@ typedef enum { IMAGE_UNKNOWN = 0, IMAGE_JPEG = 1, IMAGE_PNG = 2 } image_format;
 typedef struct {
     int channels;       /* 0: as stored (grey stays grey), 1: grey, 3: RGB */
     int64_t max_pixels; /* 0: IMAGE_DEFAULT_MAX_PIXELS */
+    /* When > 0, a JPEG may be decoded at a reduced DCT scale (1/2, 1/4 or 1/8: libjpeg-turbo's SIMD
+     * scaled IDCT) as long as the result stays at least this high and wide: far less work when the
+     * image is shrunk afterwards anyway. The pixels then differ from PIL's, which decodes at full
+     * size before resizing; 0 keeps PIL's exact result. PNGs are unaffected. */
+    int min_height, min_width;
 } image_decode_options;
 
 #define IMAGE_DEFAULT_MAX_PIXELS ((int64_t)1 << 28) /* 268 Mpixel: far above any photo dataset */

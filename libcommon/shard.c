@@ -328,20 +328,30 @@ int shard_sample_prepare(const shard_format *fmt, const uint8_t *bytes, size_t l
 {
     memset(out, 0, sizeof *out);
     image_decode_options dopt = {.channels = 0, .max_pixels = fmt->max_pixels};
-    int native_channels;
+    int native_channels, oh = 0, ow = 0, resized = 0;
     if (pixels) {
         if (image_alloc(&out->img, pixels->height, pixels->width, pixels->channels, err))
             return MOCO_ERR;
         memcpy(out->img.pixels, pixels->pixels, (size_t)pixels->height * (size_t)pixels->width * (size_t)pixels->channels);
         native_channels = pixels->channels;
     } else {
+        int h, w, c;
+        if (image_probe(bytes, len, &h, &w, &c, err))
+            return MOCO_ERR;
+        target_size(fmt, h, w, &oh, &ow);
+        resized = oh != h || ow != w;
+        if (resized && !fmt->exact) { /* a JPEG shrunk anyway decodes at a reduced DCT scale */
+            dopt.min_height = oh;
+            dopt.min_width = ow;
+        }
         if (image_decode(bytes, len, &dopt, &out->img, err))
             return MOCO_ERR;
         native_channels = out->img.channels;
     }
-    int oh, ow;
-    target_size(fmt, out->img.height, out->img.width, &oh, &ow);
-    int resized = oh != out->img.height || ow != out->img.width;
+    if (pixels) {
+        target_size(fmt, out->img.height, out->img.width, &oh, &ow);
+        resized = oh != out->img.height || ow != out->img.width;
+    }
     if (!pixels && fmt->store == STORE_JPEG && !resized && native_channels == fmt->channels &&
         image_sniff(bytes, len) == IMAGE_JPEG) {
         out->jpeg = (uint8_t *)bytes; /* checked by the decode above; kept as it is */
@@ -349,7 +359,7 @@ int shard_sample_prepare(const shard_format *fmt, const uint8_t *bytes, size_t l
     } else {
         if (convert_channels(&out->img, fmt->channels, err))
             goto fail;
-        if (resized) {
+        if (oh != out->img.height || ow != out->img.width) {
             image small;
             if (image_alloc(&small, oh, ow, out->img.channels, err) ||
                 resample(out->img.pixels, out->img.height, out->img.width, out->img.channels, NULL, small.pixels, oh,

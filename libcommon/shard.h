@@ -33,6 +33,7 @@ typedef struct {
     int short_side, max_side; /* shrink so the short side is at most this / the long side at most this; 0 off */
     resample_filter filter;
     int64_t max_pixels;      /* decode limit */
+    int exact;               /* resize from full-size decodes only: pixels exactly as PIL makes them */
 } shard_format;
 
 typedef struct {

@@ -34,6 +34,8 @@ static const char usage[] =
     "      --short-side N     shrink so the short side is N (never enlarges)\n"
     "      --max-side N       shrink so the long side is at most N\n"
     "      --filter NAME      bilinear (default, as torchvision's Resize), box, hamming, bicubic, lanczos\n"
+    "      --exact            resize from full-size decodes, bit-exact with PIL (default: JPEGs shrunk by\n"
+    "                         half or more decode at a reduced DCT scale first, several times faster)\n"
     "      --channels 1|3     grey or RGB (default: grey when every input is grey, else RGB)\n"
     "      --shard-size N     records per shard (default 5000), or bytes with a K, M or G suffix\n"
     "      --shuffle          shuffle samples across shards (with --seed)\n"
@@ -239,7 +241,7 @@ int main(int argc, char **argv)
 {
     cli_init("moco-shard");
     enum { O_LABELS = 256, O_CLASSES, O_STORE, O_QUALITY, O_SHORT, O_MAX_SIDE, O_FILTER, O_CHANNELS, O_SHARD_SIZE,
-           O_SHUFFLE, O_SEED, O_PART, O_THREADS, O_LEVEL, O_STRICT, O_MAX_PIXELS, O_HELP, O_VERSION };
+           O_SHUFFLE, O_SEED, O_PART, O_THREADS, O_LEVEL, O_STRICT, O_MAX_PIXELS, O_EXACT, O_HELP, O_VERSION };
     static const struct option options[] = {
         {"out", required_argument, 0, 'o'},          {"labels", required_argument, 0, O_LABELS},
         {"classes", required_argument, 0, O_CLASSES}, {"store", required_argument, 0, O_STORE},
@@ -250,13 +252,14 @@ int main(int argc, char **argv)
         {"part", required_argument, 0, O_PART},      {"threads", required_argument, 0, O_THREADS},
         {"level", required_argument, 0, O_LEVEL},    {"strict", no_argument, 0, O_STRICT},
         {"max-pixels", required_argument, 0, O_MAX_PIXELS}, {"quiet", no_argument, 0, 'q'},
+        {"exact", no_argument, 0, O_EXACT},
         {"help", no_argument, 0, O_HELP},            {"version", no_argument, 0, O_VERSION},
         {0, 0, 0, 0},
     };
     const char *out = NULL, *labels = NULL, *classes = NULL, *store = NULL, *filter = "bilinear";
     int64_t quality = 90, short_side = 0, max_side = 0, channels = 0, per_shard = 5000, max_bytes = 0, seed = 0;
     int64_t threads = cli_default_threads(), level = 3, max_pixels = IMAGE_DEFAULT_MAX_PIXELS;
-    int shuffle = 0, strict = 0, quiet = 0, part = 0, parts = 1;
+    int shuffle = 0, strict = 0, quiet = 0, part = 0, parts = 1, exact = 0;
     int c, rc = 0;
     while ((c = getopt_long(argc, argv, "o:q", options, NULL)) != -1 && !rc) {
         switch (c) {
@@ -282,6 +285,7 @@ int main(int argc, char **argv)
         case O_THREADS: rc = cli_int("--threads", optarg, 1, 4096, &threads); break;
         case O_LEVEL: rc = cli_int("--level", optarg, -7, 22, &level); break;
         case O_STRICT: strict = 1; break;
+        case O_EXACT: exact = 1; break;
         case O_MAX_PIXELS: rc = cli_int("--max-pixels", optarg, 1, INT64_MAX, &max_pixels); break;
         case 'q': quiet = 1; break;
         case O_HELP: fputs(usage, stdout); return 0;
@@ -346,6 +350,7 @@ int main(int argc, char **argv)
     r.fmt.max_side = (int)max_side;
     r.fmt.filter = (resample_filter)filter_id;
     r.fmt.max_pixels = max_pixels;
+    r.fmt.exact = exact;
     if (shard_plan_make(&r.plan, d.count, max_bytes > 0 ? d.count : per_shard, shuffle, (uint64_t)seed, part, parts, &err)) {
         dataset_free(&d);
         return cli_error("%s", err.msg);
@@ -391,10 +396,10 @@ int main(int argc, char **argv)
             json_array_append_new(names, json_string(d.classes[i]));
         json_object_set_new(index, "classes", names);
         json_object_set_new(index, "options",
-                            json_pack("{s:s,s:i,s:i,s:i,s:i,s:s,s:I,s:I,s:b,s:I}", "store",
+                            json_pack("{s:s,s:i,s:i,s:i,s:i,s:s,s:b,s:I,s:I,s:b,s:I}", "store",
                                       r.fmt.store == STORE_JPEG ? "jpeg" : "raw", "quality", (int)quality, "channels",
                                       r.fmt.channels, "short_side", (int)short_side, "max_side", (int)max_side,
-                                      "filter", filter, "shard_size", (json_int_t)per_shard, "shard_bytes",
+                                      "filter", filter, "exact", exact, "shard_size", (json_int_t)per_shard, "shard_bytes",
                                       (json_int_t)max_bytes, "shuffle", shuffle, "seed", (json_int_t)seed));
         rc = shard_set_close(r.set, index, &files, &err);
         if (rc)
