@@ -311,9 +311,9 @@ static int list_folder(const char *path, strlist *dirs, strlist *files, moco_err
             rc = moco_fail(err, "out of memory");
     }
     closedir(dp);
-    if (dirs)
+    if (dirs && dirs->n)
         qsort(dirs->v, (size_t)dirs->n, sizeof *dirs->v, cmp_str);
-    if (files)
+    if (files && files->n)
         qsort(files->v, (size_t)files->n, sizeof *files->v, cmp_str);
     return rc;
 }
@@ -342,7 +342,8 @@ static int add_class_folder(dataset *d, int input, const char *folder, const cha
 {
     strlist folders = {0};
     int rc = collect_folders(folder, &folders, 0, err);
-    qsort(folders.v, (size_t)folders.n, sizeof *folders.v, cmp_str);
+    if (folders.n)
+        qsort(folders.v, (size_t)folders.n, sizeof *folders.v, cmp_str);
     for (int64_t f = 0; f < folders.n && !rc; f++) {
         strlist files = {0};
         rc = list_folder(folders.v[f], NULL, &files, err);
@@ -897,7 +898,8 @@ int dataset_finish(dataset *d, moco_error *err)
             return moco_fail(err, "out of memory");
         for (int i = 0; i < d->nfound; i++)
             d->classes[i] = strdup(d->found[i]);
-        qsort(d->classes, (size_t)d->nfound, sizeof *d->classes, cmp_str);
+        if (d->nfound)
+            qsort(d->classes, (size_t)d->nfound, sizeof *d->classes, cmp_str);
         d->nclasses = d->nfound;
     }
     if (!d->fixed_classes && d->has_numeric) {

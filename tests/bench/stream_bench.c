@@ -2,6 +2,7 @@
  *
  *   stream_bench write [--pairs N] [--level L] [--rate PAIRS_PER_S] [--png FILE] > pipe
  *   stream_bench read < pipe
+ *   stream_bench drain < pipe     (read(2) only: the floor a reader cannot go below)
  * Each side prints one JSON line on stderr: pairs, wall seconds, CPU seconds (user + system).
  * Views are 224x224 RGB crops of a real photo (--png), so zstd sees image-like bytes; each record
  * holds one u8 tensor "views" (2,224,224,3), as moco-augment emits pairs. */
@@ -134,11 +135,28 @@ static int bench_read(void)
     return 0;
 }
 
+/* The floor for the reader: read(2) the same bytes into one buffer, parse and check nothing. */
+static int bench_drain(void)
+{
+    double t0 = progress_now(), c0 = cpu_seconds();
+    stream_grow_pipe(0);
+    size_t cap = 2 * VIEW + 4096;
+    uint8_t *buf = malloc(cap);
+    long long total = 0;
+    ssize_t n;
+    while (buf && (n = read(0, buf, cap)) > 0)
+        total += n;
+    fprintf(stderr, "{\"side\":\"drain\",\"bytes\":%lld,\"wall_s\":%.4f,\"cpu_s\":%.4f}\n", total,
+            progress_now() - t0, cpu_seconds() - c0);
+    free(buf);
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     cli_init("stream_bench");
     if (argc < 2)
-        return cli_usage_error("usage: stream_bench write|read [--pairs N] [--level L] [--rate R] [--png FILE] [--zero-copy]");
+        return cli_usage_error("usage: stream_bench write|read|drain [--pairs N] [--level L] [--rate R] [--png FILE] [--zero-copy]");
     int64_t pairs = 20000, level = 0;
     double rate = 0;
     const char *png = NULL;
@@ -169,5 +187,7 @@ int main(int argc, char **argv)
         return bench_write(pairs, (int)level, rate, png, zero_copy);
     if (!strcmp(argv[1], "read"))
         return bench_read();
+    if (!strcmp(argv[1], "drain"))
+        return bench_drain();
     return cli_usage_error("unknown mode '%s'", argv[1]);
 }

@@ -28,6 +28,10 @@ expect short_side_resizes 3 '' -- "$S -q --out $T/s3 --short-side 64 --store raw
 expect resized_shapes_have_short_side_64 0 '' -- "$I $T/s3/shard-00000.tsz"
 check resized_shape_range "grep -q 'u8\[64,64..96,3\]' $T/out"
 expect store_raw_values_match_pil 0 '' -- "$PY $TOP/tests/tools/check_shard_pixels.py $T/s3/shard-00000.tsz $T/tree/cat/chelsea.png 64"
+# JPEGs: --exact decodes at full size as PIL does; the default decodes at 1/4 here (640x427 -> 96x64)
+expect exact_jpeg_resize 3 '' -- "$S -q --out $T/s3x --exact --short-side 64 --store raw $T/tree"
+expect exact_jpeg_matches_pil 0 '' -- "$PY $TOP/tests/tools/check_shard_pixels.py $T/s3x/shard-00000.tsz $T/tree/dog/rocket.jpg 64"
+expect dct_scaled_jpeg_is_close_to_pil 0 '' -- "$PY $TOP/tests/tools/check_shard_pixels.py $T/s3/shard-00000.tsz $T/tree/dog/rocket.jpg 64 1.5"
 
 # --- flat folder with a label file, and a file list
 mkdir -p "$T/flat"
