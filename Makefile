@@ -49,6 +49,8 @@ CUDA_OBJ  := $(CUDA_SRC:%.cu=$(BUILD)/%.o)
 MAN_PAGES := $(wildcard man/man*/*.[1-8])
 
 .PHONY: all check check-asan bench demo install clean fuzz fuzz-run cuda-notice
+# Keep object files of pattern chains (tests, helpers): no rebuild on the next make.
+.SECONDARY:
 all: $(TOOLS) $(TESTS) $(HELPERS) $(BENCHES) cuda-notice
 
 ifeq ($(HAVE_CUDA),1)

@@ -99,13 +99,40 @@ static int ensure_shards(shard_set *s, int64_t n, moco_error *err)
     return MOCO_OK;
 }
 
+/* mkdir -p */
+static int make_folders(const char *dir, moco_error *err)
+{
+    char *path = strdup(dir);
+    if (!path)
+        return moco_fail(err, "out of memory");
+    for (char *p = path + 1; ; p++) {
+        if (*p != '/' && *p != '\0')
+            continue;
+        char c = *p;
+        *p = '\0';
+        struct stat st;
+        if (mkdir(path, 0777) != 0 && errno != EEXIST) {
+            int e = errno;
+            free(path);
+            return moco_fail(err, "%s: cannot create folder: %s", dir, strerror(e));
+        }
+        if (stat(path, &st) != 0 || !S_ISDIR(st.st_mode)) {
+            free(path);
+            return moco_fail(err, "%s: not a folder", dir);
+        }
+        *p = c;
+        if (!c)
+            break;
+    }
+    free(path);
+    return MOCO_OK;
+}
+
 shard_set *shard_set_open(const char *dir, const shard_plan *plan, const stream_header *tmpl,
                           const stream_options *opt, int nclasses, int64_t max_bytes, moco_error *err)
 {
-    if (mkdir(dir, 0777) != 0 && errno != EEXIST) {
-        moco_fail(err, "%s: cannot create folder: %s", dir, strerror(errno));
+    if (make_folders(dir, err))
         return NULL;
-    }
     shard_set *s = calloc(1, sizeof *s);
     if (!s || !(s->dir = strdup(dir)) || !(s->tmpl = stream_header_copy(tmpl))) {
         shard_set_abort(s);

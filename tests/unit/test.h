@@ -50,4 +50,19 @@ static char test_fail_where[512];
 
 #define TEST_EXIT() return test_fail_count ? 1 : 0
 
+/* A whole file into a malloc'd buffer (NULL when it cannot be opened); *len gets its size. */
+static inline unsigned char *test_slurp(const char *path, size_t *len)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return NULL;
+    fseek(f, 0, SEEK_END);
+    long n = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    unsigned char *buf = malloc(n > 0 ? (size_t)n : 1);
+    *len = buf ? fread(buf, 1, (size_t)(n > 0 ? n : 0), f) : 0;
+    fclose(f);
+    return buf;
+}
+
 #endif

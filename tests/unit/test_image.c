@@ -12,27 +12,13 @@
 #define FIXTURES "tests/fixtures/image/"
 #define PHOTOS "../shared/data/photos/"
 
-static uint8_t *slurp(const char *path, size_t *len)
-{
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return NULL;
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    uint8_t *buf = malloc(n > 0 ? (size_t)n : 1);
-    *len = fread(buf, 1, (size_t)n, f);
-    fclose(f);
-    return buf;
-}
-
 /* "crc32:XXXXXXXX" or a raw file of exactly n bytes. */
 static int matches_expected(const char *expected, const uint8_t *got, size_t n)
 {
     if (strncmp(expected, "crc32:", 6) == 0)
         return strtoul(expected + 6, NULL, 16) == crc32(0, got, (uInt)n);
     size_t len;
-    uint8_t *want = slurp(expected, &len);
+    uint8_t *want = test_slurp(expected, &len);
     int same = want && len == n && memcmp(want, got, n) == 0;
     free(want);
     return same;
@@ -42,7 +28,7 @@ static int matches_expected(const char *expected, const uint8_t *got, size_t n)
 static int decode_file(const char *path, int channels, image *img, moco_error *err)
 {
     size_t len;
-    uint8_t *data = slurp(path, &len);
+    uint8_t *data = test_slurp(path, &len);
     if (!data) {
         memset(img, 0, sizeof *img);
         return moco_fail(err, "cannot read %s", path);
@@ -71,7 +57,7 @@ TEST(test_decode_matches_pil_for_every_fixture)
         }
         files++;
         size_t len;
-        uint8_t *data = slurp(path, &len);
+        uint8_t *data = test_slurp(path, &len);
         moco_error err = {{0}};
         int ph = 0, pw = 0, pc = 0;
         const char *what = NULL;
@@ -145,7 +131,7 @@ TEST(test_decode_every_photo)
 static int every_prefix_fails(const char *path)
 {
     size_t len;
-    uint8_t *data = slurp(path, &len);
+    uint8_t *data = test_slurp(path, &len);
     if (!data)
         return 0;
     int ok = 1;
@@ -179,7 +165,7 @@ TEST(test_decode_fails_on_every_truncation)
 TEST(test_decode_names_truncation_of_each_format)
 {
     size_t len;
-    uint8_t *jpg = slurp(FIXTURES "q90_420.jpg", &len);
+    uint8_t *jpg = test_slurp(FIXTURES "q90_420.jpg", &len);
     CHECK(jpg != NULL);
     image img;
     moco_error err;
@@ -188,7 +174,7 @@ TEST(test_decode_names_truncation_of_each_format)
     CHECK(image_decode(jpg, len - 1, NULL, &img, &err) == MOCO_ERR); /* half of the EOI marker */
     CHECK(strcmp(err.msg, "truncated JPEG") == 0);
     free(jpg);
-    uint8_t *png = slurp(FIXTURES "rgb.png", &len);
+    uint8_t *png = test_slurp(FIXTURES "rgb.png", &len);
     CHECK(png != NULL);
     CHECK(image_decode(png, len / 2, NULL, &img, &err) == MOCO_ERR);
     CHECK(strcmp(err.msg, "truncated PNG") == 0);
@@ -209,7 +195,7 @@ static void put_be32(uint8_t *p, uint32_t v)
 TEST(test_decode_refuses_hostile_png_size_before_allocating)
 {
     size_t len;
-    uint8_t *png = slurp(FIXTURES "rgb.png", &len);
+    uint8_t *png = test_slurp(FIXTURES "rgb.png", &len);
     CHECK(png != NULL);
     /* IHDR is the first chunk: length at 8, "IHDR" at 12, width at 16, height at 20, CRC at 29. */
     CHECK(memcmp(png + 12, "IHDR", 4) == 0);
@@ -231,7 +217,7 @@ TEST(test_decode_refuses_hostile_png_size_before_allocating)
 TEST(test_decode_refuses_hostile_jpeg_size_before_allocating)
 {
     size_t len;
-    uint8_t *jpg = slurp(FIXTURES "q90_420.jpg", &len);
+    uint8_t *jpg = test_slurp(FIXTURES "q90_420.jpg", &len);
     CHECK(jpg != NULL);
     size_t sof = 0;
     for (size_t i = 2; i + 9 < len && !sof; i++)
@@ -253,7 +239,7 @@ TEST(test_decode_refuses_hostile_jpeg_size_before_allocating)
 TEST(test_decode_max_pixels_is_inclusive)
 {
     size_t len;
-    uint8_t *jpg = slurp(FIXTURES "q90_420.jpg", &len); /* 48x32 = 1536 pixels */
+    uint8_t *jpg = test_slurp(FIXTURES "q90_420.jpg", &len); /* 48x32 = 1536 pixels */
     CHECK(jpg != NULL);
     image img;
     moco_error err;
@@ -286,7 +272,7 @@ TEST(test_decode_names_what_is_not_an_image)
 TEST(test_decode_reports_corrupt_data)
 {
     size_t len;
-    uint8_t *png = slurp(FIXTURES "rgb.png", &len);
+    uint8_t *png = test_slurp(FIXTURES "rgb.png", &len);
     CHECK(png != NULL);
     png[40] ^= 0x55; /* inside the IDAT data: its CRC no longer matches */
     image img;
@@ -294,7 +280,7 @@ TEST(test_decode_reports_corrupt_data)
     CHECK(image_decode(png, len, NULL, &img, &err) == MOCO_ERR);
     CHECK(strncmp(err.msg, "corrupt PNG: ", 13) == 0);
     free(png);
-    uint8_t *jpg = slurp(FIXTURES "q90_420.jpg", &len);
+    uint8_t *jpg = test_slurp(FIXTURES "q90_420.jpg", &len);
     CHECK(jpg != NULL);
     uint8_t *sof = memmem(jpg, len, "\xff\xc0", 2);
     CHECK(sof != NULL);
@@ -395,7 +381,7 @@ TEST(test_probe_agrees_with_decode_on_photos)
                             PHOTOS "hubble_deep_field.jpg"};
     for (size_t i = 0; i < sizeof photos / sizeof photos[0]; i++) {
         size_t len;
-        uint8_t *data = slurp(photos[i], &len);
+        uint8_t *data = test_slurp(photos[i], &len);
         CHECK(data != NULL);
         int h, w, c;
         image img;

@@ -9,20 +9,6 @@
 #include "resample.h"
 #include "test.h"
 
-static uint8_t *slurp(const char *path, size_t *len)
-{
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return NULL;
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    uint8_t *buf = malloc(n > 0 ? (size_t)n : 1);
-    *len = fread(buf, 1, (size_t)n, f);
-    fclose(f);
-    return buf;
-}
-
 static int filter_from_name(const char *name)
 {
     static const char *names[] = {"box", "bilinear", "hamming", "bicubic", "lanczos"};
@@ -45,7 +31,7 @@ static int ends_with(const char *s, const char *suffix)
 static uint8_t *load_source(const char *path, int sh, int sw, int channels)
 {
     size_t len;
-    uint8_t *data = slurp(path, &len);
+    uint8_t *data = test_slurp(path, &len);
     if (!data)
         return NULL;
     if (!ends_with(path, ".jpg") && !ends_with(path, ".png"))
@@ -66,7 +52,7 @@ static int matches_expected(const char *expected, const uint8_t *got, size_t n)
     if (strncmp(expected, "crc32:", 6) == 0)
         return strtoul(expected + 6, NULL, 16) == crc32(0, got, (uInt)n);
     size_t len;
-    uint8_t *want = slurp(expected, &len);
+    uint8_t *want = test_slurp(expected, &len);
     int same = want && len == n && memcmp(want, got, n) == 0;
     if (want && len == n && !same) {
         size_t diff = 0;

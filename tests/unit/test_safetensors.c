@@ -32,18 +32,6 @@ static int count_entries(const char *dir)
     return n;
 }
 
-/* A whole file in memory: its bytes (malloc'd) and length. */
-static uint8_t *slurp(const char *path, size_t *len)
-{
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return NULL;
-    uint8_t *buf = malloc(1 << 16);
-    *len = buf ? fread(buf, 1, 1 << 16, f) : 0;
-    fclose(f);
-    return buf;
-}
-
 /* A safetensors file in buf from header JSON and data_len bytes of data (0, 1, 2, ...). */
 static uint8_t file_buf[4096];
 static size_t make_file(const char *json, size_t data_len)
@@ -147,7 +135,7 @@ TEST(test_safetensors_writer_starts_data_at_multiple_of_64)
     snprintf(path, sizeof path, "%s/a.safetensors", scratch);
     CHECK_OK(safetensors_write(path, &t, 1, NULL, NULL, 0, &err), &err);
     size_t len = 0;
-    uint8_t *buf = slurp(path, &len);
+    uint8_t *buf = test_slurp(path, &len);
     unlink(path);
     rmdir(scratch);
     CHECK(buf);
@@ -274,7 +262,7 @@ TEST(test_safetensors_rejects_malformed_entries)
 TEST(test_safetensors_rejects_every_truncation_of_fixture)
 {
     size_t len = 0;
-    uint8_t *buf = slurp(FIXTURE, &len);
+    uint8_t *buf = test_slurp(FIXTURE, &len);
     CHECK(buf && len > 8);
     int accepted = 0;
     moco_error err = {{0}};

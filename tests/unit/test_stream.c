@@ -22,20 +22,6 @@ static char *tmp_path(const char *name)
     return buf[i];
 }
 
-static uint8_t *slurp(const char *path, size_t *len)
-{
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return NULL;
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    uint8_t *buf = malloc(n > 0 ? (size_t)n : 1);
-    *len = fread(buf, 1, (size_t)n, f);
-    fclose(f);
-    return buf;
-}
-
 static stream_header *sample_header(const char *kind)
 {
     stream_header *h = stream_header_new(kind, "test_stream 1.0");
@@ -184,7 +170,7 @@ TEST(test_stream_concatenation_of_raw_and_zstd_parts)
     CHECK(write_sample_stream(b, -3, 5, "images") == 0);
     CHECK(write_sample_stream(c, 0, 5, "images") == 0);
     size_t la, lb, lc;
-    uint8_t *ba = slurp(a, &la), *bb = slurp(b, &lb), *bc = slurp(c, &lc);
+    uint8_t *ba = test_slurp(a, &la), *bb = test_slurp(b, &lb), *bc = test_slurp(c, &lc);
     uint8_t *all = malloc(la + lb + lc);
     memcpy(all, ba, la);
     memcpy(all + la, bb, lb);
@@ -204,7 +190,7 @@ TEST(test_stream_refuses_concatenating_different_kinds)
     CHECK(write_sample_stream(a, 1, 2, "images") == 0);
     CHECK(write_sample_stream(b, 1, 2, "features") == 0);
     size_t la, lb;
-    uint8_t *ba = slurp(a, &la), *bb = slurp(b, &lb);
+    uint8_t *ba = test_slurp(a, &la), *bb = test_slurp(b, &lb);
     uint8_t *all = malloc(la + lb);
     memcpy(all, ba, la);
     memcpy(all + la, bb, lb);
@@ -224,7 +210,7 @@ static void flip_every_byte(int level, int *caught, int *total, int *silently_ch
     if (write_sample_stream(p, level, 5, "images"))
         return;
     size_t len;
-    uint8_t *buf = slurp(p, &len);
+    uint8_t *buf = test_slurp(p, &len);
     for (size_t i = 0; i < len; i++) {
         buf[i] ^= 0x10;
         moco_error err;
@@ -263,7 +249,7 @@ TEST(test_stream_flipped_data_byte_names_the_record)
     const char *p = tmp_path("flip2.tsz");
     CHECK(write_sample_stream(p, 0, 5, "images") == 0);
     size_t len;
-    uint8_t *buf = slurp(p, &len);
+    uint8_t *buf = test_slurp(p, &len);
     buf[len - 300] ^= 1; /* inside the last data record's image */
     moco_error err;
     CHECK(read_all(buf, len, &err) == -1);
@@ -278,7 +264,7 @@ TEST(test_stream_rejects_truncation_at_every_length)
         const char *p = tmp_path("trunc.tsz");
         CHECK(write_sample_stream(p, levels[l], 5, "images") == 0);
         size_t len;
-        uint8_t *buf = slurp(p, &len);
+        uint8_t *buf = test_slurp(p, &len);
         for (size_t cut = 0; cut < len; cut++) {
             moco_error err;
             uint8_t *copy = malloc(cut ? cut : 1); /* exact size: ASan sees any over-read */
@@ -297,7 +283,7 @@ TEST(test_stream_truncated_raw_stream_says_so)
     const char *p = tmp_path("trunc2.tsz");
     CHECK(write_sample_stream(p, 0, 5, "images") == 0);
     size_t len;
-    uint8_t *buf = slurp(p, &len);
+    uint8_t *buf = test_slurp(p, &len);
     moco_error err;
     CHECK(read_all(buf, len - 128, &err) == -1); /* the end record (64 + 64 bytes) is gone */
     CHECK(strstr(err.msg, "truncated stream: it ends after record 5 without an end record") != NULL);
@@ -339,7 +325,7 @@ TEST(test_stream_rejects_hostile_dims)
     const char *p = tmp_path("hostile.tsz");
     CHECK(write_sample_stream(p, 0, 2, "images") == 0);
     size_t len;
-    uint8_t *buf = slurp(p, &len);
+    uint8_t *buf = test_slurp(p, &len);
     uint8_t *rec = buf + first_data_record(buf);
     /* First descriptor: dtype, rank, name_len, pad, dims[0] at +8. */
     uint64_t huge = (uint64_t)1 << 45;
@@ -368,7 +354,7 @@ TEST(test_stream_rejects_record_larger_than_limit_without_allocating)
     const char *p = tmp_path("huge.tsz");
     CHECK(write_sample_stream(p, 0, 2, "images") == 0);
     size_t len;
-    uint8_t *buf = slurp(p, &len);
+    uint8_t *buf = test_slurp(p, &len);
     uint8_t *rec = buf + first_data_record(buf);
     uint64_t body = (uint64_t)1 << 40;
     memcpy(rec + 32, &body, 8);
@@ -392,7 +378,7 @@ TEST(test_stream_rejects_newer_version)
     const char *p = tmp_path("ver.tsz");
     CHECK(write_sample_stream(p, 0, 1, "images") == 0);
     size_t len;
-    uint8_t *buf = slurp(p, &len);
+    uint8_t *buf = test_slurp(p, &len);
     buf[5] = 2;
     uint64_t c = XXH3_64bits(buf, 56);
     memcpy(buf + 56, &c, 8);
