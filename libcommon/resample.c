@@ -149,11 +149,11 @@ static inline uint8_t clip8(int32_t v)
 /* ImagingResampleHorizontal_8bpc over `rows` source rows starting at row0, into tmp (rows x dw).
  * Inlined with a constant `channels` so each channel count gets its own unrolled loop. */
 static inline __attribute__((always_inline)) void
-horizontal_pass(const uint8_t *src, int sw, int row0, int rows, const axis_coeffs *a, uint8_t *tmp,
+horizontal_pass(const uint8_t *src, size_t stride, int row0, int rows, const axis_coeffs *a, uint8_t *tmp,
                 int dw, const int channels)
 {
     for (int yy = 0; yy < rows; yy++) {
-        const uint8_t *in = src + (size_t)(row0 + yy) * sw * channels;
+        const uint8_t *in = src + (size_t)(row0 + yy) * stride;
         uint8_t *out = tmp + (size_t)yy * dw * channels;
         for (int xx = 0; xx < dw; xx++) {
             const uint8_t *p = in + (size_t)a->bounds[2 * xx] * channels;
@@ -184,17 +184,17 @@ horizontal_pass(const uint8_t *src, int sw, int row0, int rows, const axis_coeff
 
 /* ImagingResampleVertical_8bpc: in has rows of `width` bytes (all channels); for each output row,
  * accumulate the weighted source rows it covers into acc, then clip. */
-static void vertical_pass(const uint8_t *in, size_t width, const axis_coeffs *a, int dh, uint8_t *dst,
-                          int32_t *restrict acc)
+static void vertical_pass(const uint8_t *in, size_t in_stride, size_t width, const axis_coeffs *a, int dh,
+                          uint8_t *dst, int32_t *restrict acc)
 {
     for (int yy = 0; yy < dh; yy++) {
         const int32_t *k = a->kk + (size_t)yy * a->ksize;
-        const uint8_t *rows = in + (size_t)a->bounds[2 * yy] * width;
+        const uint8_t *rows = in + (size_t)a->bounds[2 * yy] * in_stride;
         int n = a->bounds[2 * yy + 1];
         for (size_t i = 0; i < width; i++)
             acc[i] = HALF;
         for (int y = 0; y < n; y++) {
-            const uint8_t *restrict row = rows + (size_t)y * width;
+            const uint8_t *restrict row = rows + (size_t)y * in_stride;
             int32_t ky = k[y];
             /* blocks of 16: GCC's -O2 vectorizer only takes loops whose trip count it knows */
             size_t i = 0;
@@ -221,8 +221,8 @@ static size_t align16(size_t n)
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
 __attribute__((target_clones("avx2", "default")))
 #endif
-int resample(const uint8_t *src, int sh, int sw, int channels, const double box[4], uint8_t *dst, int dh,
-             int dw, resample_filter filter, moco_error *err)
+int resample_window(const uint8_t *src, size_t stride, int sh, int sw, int channels, const double box[4],
+                    uint8_t *dst, int dh, int dw, resample_filter filter, moco_error *err)
 {
     if (sh < 1 || sw < 1 || dh < 1 || dw < 1)
         return moco_fail(err, "resample: bad size %dx%d -> %dx%d", sw, sh, dw, dh);
@@ -245,7 +245,7 @@ int resample(const uint8_t *src, int sh, int sw, int channels, const double box[
     if (b[0] - (int)b[0] == 0 && b[2] - b[0] == dw && b[1] - (int)b[1] == 0 && b[3] - b[1] == dh) {
         for (int y = 0; y < dh; y++)
             memcpy(dst + (size_t)y * row_bytes,
-                   src + ((size_t)((int)b[1] + y) * sw + (int)b[0]) * channels, row_bytes);
+                   src + (size_t)((int)b[1] + y) * stride + (size_t)(int)b[0] * channels, row_bytes);
         return MOCO_OK;
     }
 
@@ -283,6 +283,7 @@ int resample(const uint8_t *src, int sh, int sw, int channels, const double box[
     int ybox_last = v.bounds[2 * dh - 2] + v.bounds[2 * dh - 1];
 
     const uint8_t *in = src; /* what the vertical pass reads: the source or the tmp image */
+    size_t in_stride = stride;
     if (need_horizontal) {
         coeff_compute(sw, b[0], b[2], dw, f, &h, k);
         uint8_t *out = need_vertical ? tmp : dst;
@@ -291,17 +292,19 @@ int resample(const uint8_t *src, int sh, int sw, int channels, const double box[
         for (int i = 0; i < dh; i++)
             v.bounds[2 * i] -= ybox_first;
         switch (channels) {
-        case 1: horizontal_pass(src, sw, row0, rows, &h, out, dw, 1); break;
-        case 2: horizontal_pass(src, sw, row0, rows, &h, out, dw, 2); break;
-        case 3: horizontal_pass(src, sw, row0, rows, &h, out, dw, 3); break;
-        default: horizontal_pass(src, sw, row0, rows, &h, out, dw, 4); break;
+        case 1: horizontal_pass(src, stride, row0, rows, &h, out, dw, 1); break;
+        case 2: horizontal_pass(src, stride, row0, rows, &h, out, dw, 2); break;
+        case 3: horizontal_pass(src, stride, row0, rows, &h, out, dw, 3); break;
+        default: horizontal_pass(src, stride, row0, rows, &h, out, dw, 4); break;
         }
         in = tmp;
+        in_stride = row_bytes;
     }
     if (need_vertical)
-        vertical_pass(in, row_bytes, &v, dh, dst, acc);
+        vertical_pass(in, in_stride, row_bytes, &v, dh, dst, acc);
     else if (!need_horizontal) /* both axes unchanged (Pillow copies) */
-        memcpy(dst, src, (size_t)dh * row_bytes);
+        for (int y = 0; y < dh; y++)
+            memcpy(dst + (size_t)y * row_bytes, src + (size_t)y * stride, row_bytes);
     free(scratch);
     return MOCO_OK;
 }
@@ -320,4 +323,11 @@ void resize_short_side(int height, int width, int size, int *out_height, int *ou
         *out_width = new_long;
         *out_height = size;
     }
+}
+
+int resample(const uint8_t *src, int sh, int sw, int channels, const double box[4], uint8_t *dst, int dh,
+             int dw, resample_filter filter, moco_error *err)
+{
+    return resample_window(src, (size_t)sw * (size_t)(channels > 0 ? channels : 1), sh, sw, channels, box, dst,
+                           dh, dw, filter, err);
 }

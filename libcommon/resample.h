@@ -28,6 +28,12 @@ typedef enum {
 int resample(const uint8_t *src, int sh, int sw, int channels, const double box[4], uint8_t *dst, int dh,
              int dw, resample_filter filter, moco_error *err);
 
+/* As resample, on a source whose rows are `stride` bytes apart: a window of a bigger image, as
+ * torchvision's crop-then-resize sees it (the filter is clamped at the window's edges, not the
+ * image's). */
+int resample_window(const uint8_t *src, size_t stride, int sh, int sw, int channels, const double box[4],
+                    uint8_t *dst, int dh, int dw, resample_filter filter, moco_error *err);
+
 /* torchvision's Resize(size) for an int size: the short side becomes `size`, the long side
  * int(size * long / short) (truncated, as torchvision 0.14 computes it). */
 void resize_short_side(int height, int width, int size, int *out_height, int *out_width);

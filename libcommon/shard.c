@@ -8,6 +8,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <dirent.h>
+
 #include "rng.h"
 
 int shard_plan_make(shard_plan *p, int64_t samples, int64_t per_shard, int shuffle, uint64_t seed, int part,
@@ -446,4 +448,275 @@ void shard_sample_free(shard_sample *s)
     if (s->jpeg_owned)
         free(s->jpeg);
     memset(s, 0, sizeof *s);
+}
+
+/* ------------------------------------------------------------------ reading shards */
+
+typedef struct {
+    char *path;
+    int64_t records; /* from the index; -1 unknown */
+} shard_file;
+
+struct shard_source {
+    shard_file *files;
+    int nfiles, cap;
+    stream_header *header;
+    int64_t samples;
+    /* epoch state */
+    rng g;
+    int *order, next_file;
+    stream_reader *reader;
+    shard_item *buffer;
+    int buffered, buffer_cap;
+};
+
+static int cmp_file(const void *a, const void *b)
+{
+    return strcmp(((const shard_file *)a)->path, ((const shard_file *)b)->path);
+}
+
+static int add_file(shard_source *s, const char *path, moco_error *err)
+{
+    if (s->nfiles == s->cap) {
+        int cap = s->cap ? 2 * s->cap : 64;
+        shard_file *p = realloc(s->files, (size_t)cap * sizeof *p);
+        if (!p)
+            return moco_fail(err, "out of memory");
+        s->files = p;
+        s->cap = cap;
+    }
+    s->files[s->nfiles].records = -1;
+    if (!(s->files[s->nfiles].path = strdup(path)))
+        return moco_fail(err, "out of memory");
+    s->nfiles++;
+    return MOCO_OK;
+}
+
+/* Record counts of the shards a folder's index files list. */
+static void read_indexes(shard_source *s, const char *dir, int first, int last)
+{
+    DIR *dp = opendir(dir);
+    struct dirent *e;
+    while (dp && (e = readdir(dp))) {
+        if (strncmp(e->d_name, "index", 5) != 0 || !strstr(e->d_name, ".json") || strstr(e->d_name, ".tmp."))
+            continue;
+        char path[4096];
+        snprintf(path, sizeof path, "%s/%s", dir, e->d_name);
+        json_t *index = json_load_file(path, 0, NULL);
+        json_t *shards = json_object_get(index, "shards"), *sh;
+        size_t i;
+        json_array_foreach(shards, i, sh) {
+            const char *file = json_string_value(json_object_get(sh, "file"));
+            json_t *records = json_object_get(sh, "records");
+            for (int k = first; file && k < last; k++) {
+                const char *base = strrchr(s->files[k].path, '/');
+                if (!strcmp(base ? base + 1 : s->files[k].path, file) && json_is_integer(records))
+                    s->files[k].records = json_integer_value(records);
+            }
+        }
+        json_decref(index);
+    }
+    if (dp)
+        closedir(dp);
+}
+
+shard_source *shard_source_open(int npaths, char *const *paths, int part, int parts, moco_error *err)
+{
+    shard_source *s = calloc(1, sizeof *s);
+    if (!s) {
+        moco_fail(err, "out of memory");
+        return NULL;
+    }
+    int rc = MOCO_OK;
+    for (int i = 0; i < npaths && !rc; i++) {
+        struct stat st;
+        if (stat(paths[i], &st) != 0) {
+            rc = moco_fail(err, "%s: %s", paths[i], strerror(errno));
+        } else if (S_ISDIR(st.st_mode)) {
+            int first = s->nfiles;
+            DIR *dp = opendir(paths[i]);
+            struct dirent *e;
+            while (dp && (e = readdir(dp)) && !rc) {
+                size_t n = strlen(e->d_name);
+                if (strncmp(e->d_name, "shard-", 6) || n < 10 || strcmp(e->d_name + n - 4, ".tsz"))
+                    continue;
+                char path[4096];
+                snprintf(path, sizeof path, "%s/%s", paths[i], e->d_name);
+                rc = add_file(s, path, err);
+            }
+            if (dp)
+                closedir(dp);
+            else
+                rc = moco_fail(err, "%s: cannot open folder: %s", paths[i], strerror(errno));
+            if (!rc && s->nfiles == first)
+                rc = moco_fail(err, "%s: no shard-*.tsz files", paths[i]);
+            if (!rc) {
+                qsort(s->files + first, (size_t)(s->nfiles - first), sizeof *s->files, cmp_file);
+                read_indexes(s, paths[i], first, s->nfiles);
+            }
+        } else {
+            rc = add_file(s, paths[i], err);
+        }
+    }
+    /* keep this part's shards: k = part, part + parts, ... */
+    int kept = 0;
+    for (int k = 0; k < s->nfiles; k++) {
+        if (k % parts == part)
+            s->files[kept++] = s->files[k];
+        else
+            free(s->files[k].path);
+    }
+    s->nfiles = kept;
+    if (!rc && kept == 0)
+        rc = moco_fail(err, "part %d of %d has no shards (there are fewer shards than parts)", part, parts);
+    for (int k = 0; k < s->nfiles && !rc; k++) {
+        stream_reader *r = stream_reader_open(s->files[k].path, NULL, err);
+        if (!r) {
+            rc = MOCO_ERR;
+            break;
+        }
+        const stream_header *h = stream_reader_header(r);
+        if (strcmp(stream_header_kind(h), "images") != 0)
+            rc = moco_fail(err, "%s: a '%s' stream, not shards of images (moco-shard makes those)", s->files[k].path,
+                           stream_header_kind(h));
+        if (!rc && k == 0 && !(s->header = stream_header_copy(h)))
+            rc = moco_fail(err, "out of memory");
+        if (!rc && s->files[k].records < 0)
+            s->files[k].records = stream_header_get_int(h, "samples", 0);
+        s->samples += s->files[k].records;
+        stream_reader_close(r);
+    }
+    if (rc) {
+        shard_source_close(s);
+        return NULL;
+    }
+    return s;
+}
+
+const stream_header *shard_source_header(const shard_source *s) { return s->header; }
+int shard_source_files(const shard_source *s) { return s->nfiles; }
+int64_t shard_source_samples(const shard_source *s) { return s->samples; }
+
+static void drop_buffer(shard_source *s)
+{
+    for (int i = 0; i < s->buffered; i++)
+        free(s->buffer[i].data);
+    s->buffered = 0;
+}
+
+int shard_source_begin_epoch(shard_source *s, uint64_t seed, int epoch, int buffer, moco_error *err)
+{
+    drop_buffer(s);
+    stream_reader_close(s->reader);
+    s->reader = NULL;
+    free(s->order);
+    free(s->buffer);
+    s->buffer_cap = buffer < 1 ? 1 : buffer;
+    s->order = malloc((size_t)s->nfiles * sizeof *s->order);
+    s->buffer = calloc((size_t)s->buffer_cap, sizeof *s->buffer);
+    if (!s->order || !s->buffer)
+        return moco_fail(err, "out of memory for a shuffle buffer of %d", s->buffer_cap);
+    rng_init(&s->g, seed, (uint32_t)epoch, 0, 0x5342u /* "SB": the reading shuffle's own stream */);
+    for (int i = 0; i < s->nfiles; i++)
+        s->order[i] = i;
+    for (int i = s->nfiles - 1; i > 0; i--) {
+        int j = (int)rng_below(&s->g, (uint32_t)(i + 1));
+        int t = s->order[i];
+        s->order[i] = s->order[j];
+        s->order[j] = t;
+    }
+    s->next_file = 0;
+    return MOCO_OK;
+}
+
+/* Copy a shard record into an owned item. */
+static int take_record(const stream_record *rec, shard_item *it, const char *file, moco_error *err)
+{
+    memset(it, 0, sizeof *it);
+    it->sample_id = rec->sample_id;
+    it->label = rec->label;
+    const tensor *img = stream_record_find(rec, "image"), *jpeg = stream_record_find(rec, "jpeg");
+    const tensor *shape = stream_record_find(rec, "shape"), *key = stream_record_find(rec, "key");
+    if (key && key->dtype == DTYPE_U8 && key->rank == 1) {
+        size_t n = (size_t)key->dims[0] < sizeof it->key - 1 ? (size_t)key->dims[0] : sizeof it->key - 1;
+        memcpy(it->key, key->data, n);
+    } else {
+        snprintf(it->key, sizeof it->key, "%s: sample %lld", file, (long long)rec->sample_id);
+    }
+    const tensor *src;
+    if (img && img->dtype == DTYPE_U8 && (img->rank == 3 || img->rank == 2)) {
+        src = img;
+        it->height = (int)img->dims[0];
+        it->width = (int)img->dims[1];
+        it->channels = img->rank == 3 ? (int)img->dims[2] : 1;
+    } else if (jpeg && jpeg->dtype == DTYPE_U8 && jpeg->rank == 1 && shape && shape->dtype == DTYPE_I32 &&
+               shape->rank == 1 && shape->dims[0] == 3) {
+        int32_t hwc[3];
+        memcpy(hwc, shape->data, sizeof hwc);
+        src = jpeg;
+        it->is_jpeg = 1;
+        it->height = hwc[0], it->width = hwc[1], it->channels = hwc[2];
+    } else {
+        return moco_fail(err, "%s: sample %lld holds neither an \"image\" nor \"jpeg\" + \"shape\" tensor", file,
+                         (long long)rec->sample_id);
+    }
+    if (it->height < 1 || it->width < 1 || (it->channels != 1 && it->channels != 3))
+        return moco_fail(err, "%s: sample %lld has shape %dx%dx%d", file, (long long)rec->sample_id, it->height,
+                         it->width, it->channels);
+    it->len = (size_t)tensor_nbytes(src);
+    if (!(it->data = malloc(it->len ? it->len : 1)))
+        return moco_fail(err, "out of memory");
+    memcpy(it->data, src->data, it->len);
+    return MOCO_OK;
+}
+
+int shard_source_next(shard_source *s, shard_item *item, moco_error *err)
+{
+    /* Fill the buffer from the shards in this epoch's order. */
+    while (s->buffered < s->buffer_cap) {
+        if (!s->reader) {
+            if (s->next_file == s->nfiles)
+                break;
+            const char *path = s->files[s->order[s->next_file++]].path;
+            if (!(s->reader = stream_reader_open(path, NULL, err)))
+                return MOCO_ERR;
+            if (strcmp(stream_header_kind(stream_reader_header(s->reader)), "images") != 0)
+                return moco_fail(err, "%s: not a shard of images", path);
+        }
+        stream_record rec;
+        int rc = stream_read(s->reader, &rec, err);
+        if (rc == STREAM_DAMAGED)
+            return rc;
+        if (rc < 0)
+            return MOCO_ERR;
+        if (rc == 0) {
+            stream_reader_close(s->reader);
+            s->reader = NULL;
+            continue;
+        }
+        if (take_record(&rec, &s->buffer[s->buffered], s->files[s->order[s->next_file - 1]].path, err))
+            return STREAM_DAMAGED; /* a record we cannot use: skip it */
+        s->buffered++;
+    }
+    if (s->buffered == 0)
+        return 0;
+    int j = (int)rng_below(&s->g, (uint32_t)s->buffered);
+    *item = s->buffer[j];
+    s->buffer[j] = s->buffer[--s->buffered];
+    return 1;
+}
+
+void shard_source_close(shard_source *s)
+{
+    if (!s)
+        return;
+    drop_buffer(s);
+    stream_reader_close(s->reader);
+    for (int k = 0; k < s->nfiles; k++)
+        free(s->files[k].path);
+    free(s->files);
+    free(s->order);
+    free(s->buffer);
+    stream_header_free(s->header);
+    free(s);
 }

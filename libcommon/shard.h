@@ -89,4 +89,34 @@ int shard_set_close(shard_set *s, json_t *extra, int64_t *files, moco_error *err
 void shard_set_abort(shard_set *s);
 int64_t shard_set_written(const shard_set *s);
 
+/* ---- reading a shard set back, epoch by epoch ----
+ * The shards of one part (shard k belongs to part k mod parts) are visited in an order shuffled
+ * per epoch, and their records pass through a shuffle buffer: it is kept full and a random one of
+ * its items comes out each time, so samples mix across shards. Every random choice comes from the
+ * Philox stream of (seed, epoch): the same seed gives the same order, any thread count. */
+
+typedef struct {
+    int64_t sample_id, label;
+    int height, width, channels;
+    int is_jpeg;    /* data: JPEG bytes, else raw HWC pixels */
+    uint8_t *data;  /* owned (malloc'd) */
+    size_t len;
+    char key[160];  /* where the sample came from, for messages (may be cut short) */
+} shard_item;
+
+typedef struct shard_source shard_source;
+
+/* paths: shard files or folders of them (shard-*.tsz; records counted from the index files). */
+shard_source *shard_source_open(int npaths, char *const *paths, int part, int parts, moco_error *err);
+/* The first shard's header (class names, channels, ...), the files this part reads, and its
+ * records per epoch (from the index, or the shard headers where there is none). */
+const stream_header *shard_source_header(const shard_source *s);
+int shard_source_files(const shard_source *s);
+int64_t shard_source_samples(const shard_source *s);
+int shard_source_begin_epoch(shard_source *s, uint64_t seed, int epoch, int buffer, moco_error *err);
+/* 1 and an item (the caller frees item->data), 0 at the end of the epoch, MOCO_ERR, or
+ * STREAM_DAMAGED (err says which record; reading may go on). */
+int shard_source_next(shard_source *s, shard_item *item, moco_error *err);
+void shard_source_close(shard_source *s);
+
 #endif

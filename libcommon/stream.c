@@ -129,6 +129,28 @@ void stream_header_set_int(stream_header *h, const char *key, int64_t value)
     json_object_set_new(h->obj, key, json_integer(value));
 }
 
+void stream_header_set_reals(stream_header *h, const char *key, int n, const double *values)
+{
+    json_t *a = json_array();
+    for (int i = 0; i < n; i++)
+        json_array_append_new(a, json_real(values[i]));
+    json_object_set_new(h->obj, key, a);
+}
+
+int stream_header_get_reals(const stream_header *h, const char *key, int n, double *values)
+{
+    json_t *a = json_object_get(h->obj, key);
+    if (!json_is_array(a) || (int)json_array_size(a) != n)
+        return 0;
+    for (int i = 0; i < n; i++) {
+        json_t *v = json_array_get(a, (size_t)i);
+        if (!json_is_number(v))
+            return 0;
+        values[i] = json_number_value(v);
+    }
+    return 1;
+}
+
 void stream_header_set_real(stream_header *h, const char *key, double value)
 {
     json_object_set_new(h->obj, key, json_real(value));
@@ -895,8 +917,16 @@ static int read_record(stream_reader *r, stream_record *rec, const char **meta, 
                              (long long)idx, got, (unsigned long long)body_len,
                              r->frame_open ? "; the zstd stream ends early" : "");
     }
-    if (XXH3_64bits(r->body, (size_t)body_len) != load_u64(hdr + 40))
-        return moco_fail(err, "%s: record %lld: checksum mismatch (corrupt data)", r->name, (long long)idx);
+    if (XXH3_64bits(r->body, (size_t)body_len) != load_u64(hdr + 40)) {
+        moco_fail(err, "%s: record %lld: checksum mismatch (corrupt data)", r->name, (long long)idx);
+        /* The fixed header was sound, so the next record starts right after this one: a data
+         * record can be skipped and reading go on. */
+        if (type != REC_DATA)
+            return MOCO_ERR;
+        r->record_index++;
+        r->part_records++;
+        return STREAM_DAMAGED;
+    }
     if (parse_body(r, hdr, rec, meta, meta_len, err))
         return moco_prefix(err, "%s: record %lld", r->name, (long long)idx);
     r->record_index++;
@@ -944,6 +974,9 @@ int stream_read(stream_reader *r, stream_record *rec, moco_error *err)
         size_t meta_len = 0;
         int64_t idx = r->record_index;
         int type = read_record(r, rec, &meta, &meta_len, err);
+        if (type == STREAM_DAMAGED)
+            return r->in_part ? STREAM_DAMAGED : moco_fail(err, "%s: record %lld: data record without a stream header",
+                                                          r->name, (long long)idx);
         if (type < 0)
             return MOCO_ERR;
         if (type == 0) {

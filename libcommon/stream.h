@@ -24,6 +24,7 @@
 #include "tensor.h"
 
 enum {
+    STREAM_DAMAGED = -3, /* stream_read: a data record failed its check and was skipped; read on */
     STREAM_VERSION = 1,
     STREAM_MAX_TENSORS = 64,     /* per record */
     STREAM_MAX_HEADER = 1 << 24, /* bytes of header JSON (class names of big datasets fit) */
@@ -44,6 +45,9 @@ void stream_header_set_classes(stream_header *h, int n, const char *const *names
 void stream_header_set_str(stream_header *h, const char *key, const char *value);
 void stream_header_set_int(stream_header *h, const char *key, int64_t value);
 void stream_header_set_real(stream_header *h, const char *key, double value);
+/* An array of n numbers (e.g. the normalisation mean); get returns 1 when key holds exactly n. */
+void stream_header_set_reals(stream_header *h, const char *key, int n, const double *values);
+int stream_header_get_reals(const stream_header *h, const char *key, int n, double *values);
 
 const char *stream_header_kind(const stream_header *h);
 /* Missing keys (or the wrong JSON type) give the fallback. */
@@ -128,7 +132,9 @@ stream_reader *stream_reader_open_memory(const void *buf, size_t len, const char
 /* The header of the (first) stream. */
 const stream_header *stream_reader_header(const stream_reader *r);
 /* 1: a record was read into rec; 0: clean end of the stream; MOCO_ERR: corrupt or truncated
- * input, with the file and record number in err. */
+ * input, with the file and record number in err; STREAM_DAMAGED: one data record failed its body
+ * check (err says which) and was passed over: the caller may warn and read on (raw records only:
+ * damage inside a zstd frame stops the stream). */
 int stream_read(stream_reader *r, stream_record *rec, moco_error *err);
 /* Data records read so far, and the number of concatenated parts seen. */
 int64_t stream_reader_records(const stream_reader *r);

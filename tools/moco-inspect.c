@@ -310,8 +310,14 @@ int main(int argc, char **argv)
     stream_record rec;
     int64_t index = 0;
     int status = 0, found_values = 0;
-    while ((rc = stream_read(r, &rec, &err)) == 1) {
+    int64_t damaged = 0;
+    while ((rc = stream_read(r, &rec, &err)) == 1 || rc == STREAM_DAMAGED) {
         index++;
+        if (rc == STREAM_DAMAGED) { /* report it, check the rest */
+            status = cli_error("%s", err.msg);
+            damaged++;
+            continue;
+        }
         summarise(s, &rec);
         if (!quiet && index <= head)
             describe_record(index, &rec, h);
@@ -337,6 +343,8 @@ int main(int argc, char **argv)
         status = cli_error("%s: no record %lld (the stream has %lld)", file, (long long)record, (long long)index);
     if (rc == 0 && !quiet && !values && !head)
         print_summary(file, r, s, as_json);
+    if (damaged)
+        cli_error("%s: %lld damaged record%s", file, (long long)damaged, damaged == 1 ? "" : "s");
     if (sheet) {
         if (contact_sheet_count(sheet) == 0)
             status = cli_error("%s: no image records to draw%s%s", file, tensor_name ? " in tensor " : "",

@@ -257,6 +257,43 @@ TEST(test_stream_flipped_data_byte_names_the_record)
     free(buf);
 }
 
+static size_t first_data_record(const uint8_t *buf)
+{
+    uint64_t body_len;
+    memcpy(&body_len, buf + 32, 8);
+    return 64 + body_len;
+}
+
+TEST(test_stream_skips_a_damaged_record_and_reads_on)
+{
+    const char *p = tmp_path("damaged.tsz");
+    CHECK(write_sample_stream(p, 0, 5, "images") == 0);
+    size_t len;
+    uint8_t *buf = test_slurp(p, &len);
+    uint8_t *rec2 = buf + first_data_record(buf);
+    uint64_t body_len;
+    memcpy(&body_len, rec2 + 32, 8);
+    rec2 += 64 + body_len; /* the second data record */
+    rec2[64 + 100] ^= 0x40;  /* a byte of its body */
+    moco_error err;
+    stream_reader *r = stream_reader_open_memory(buf, len, "mem", NULL, &err);
+    CHECK(r != NULL);
+    stream_record rec;
+    int seen[5] = {0}, rc, damaged = 0;
+    while ((rc = stream_read(r, &rec, &err)) == 1 || rc == STREAM_DAMAGED) {
+        if (rc == STREAM_DAMAGED) {
+            damaged++;
+            CHECK(strstr(err.msg, "mem: record 2: checksum mismatch") != NULL);
+        } else {
+            seen[rec.sample_id - 1000] = 1;
+        }
+    }
+    stream_reader_close(r);
+    free(buf);
+    CHECK(rc == 0 && damaged == 1);
+    CHECK(seen[0] && !seen[1] && seen[2] && seen[3] && seen[4]);
+}
+
 TEST(test_stream_rejects_truncation_at_every_length)
 {
     int levels[] = {0, 3};
@@ -311,13 +348,6 @@ static void reseal(uint8_t *rec)
     memcpy(rec + 40, &c, 8);
     c = XXH3_64bits(rec, 56);
     memcpy(rec + 56, &c, 8);
-}
-
-static size_t first_data_record(const uint8_t *buf)
-{
-    uint64_t body_len;
-    memcpy(&body_len, buf + 32, 8);
-    return 64 + body_len;
 }
 
 TEST(test_stream_rejects_hostile_dims)
@@ -545,6 +575,7 @@ int main(void)
     RUN(test_stream_rejects_every_flipped_byte_raw);
     RUN(test_stream_flipped_bytes_in_zstd_never_pass_changed_data);
     RUN(test_stream_flipped_data_byte_names_the_record);
+    RUN(test_stream_skips_a_damaged_record_and_reads_on);
     RUN(test_stream_rejects_truncation_at_every_length);
     RUN(test_stream_truncated_raw_stream_says_so);
     RUN(test_stream_rejects_foreign_and_empty_input);
