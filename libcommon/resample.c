@@ -184,8 +184,9 @@ horizontal_pass(const uint8_t *src, size_t stride, int row0, int rows, const axi
 
 /* ImagingResampleVertical_8bpc: in has rows of `width` bytes (all channels); for each output row,
  * accumulate the weighted source rows it covers into acc, then clip. */
-static void vertical_pass(const uint8_t *in, size_t in_stride, size_t width, const axis_coeffs *a, int dh,
-                          uint8_t *dst, int32_t *restrict acc)
+static inline __attribute__((always_inline)) void
+vertical_pass(const uint8_t *in, size_t in_stride, size_t width, const axis_coeffs *a, int dh, uint8_t *dst,
+              int32_t *restrict acc)
 {
     for (int yy = 0; yy < dh; yy++) {
         const int32_t *k = a->kk + (size_t)yy * a->ksize;
@@ -221,8 +222,8 @@ static size_t align16(size_t n)
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
 __attribute__((target_clones("avx2", "default")))
 #endif
-int resample_window(const uint8_t *src, size_t stride, int sh, int sw, int channels, const double box[4],
-                    uint8_t *dst, int dh, int dw, resample_filter filter, moco_error *err)
+static int resample_impl(const uint8_t *src, size_t stride, int sh, int sw, int channels, const double box[4],
+                         uint8_t *dst, int dh, int dw, resample_filter filter, int fast, moco_error *err)
 {
     if (sh < 1 || sw < 1 || dh < 1 || dw < 1)
         return moco_fail(err, "resample: bad size %dx%d -> %dx%d", sw, sh, dw, dh);
@@ -259,13 +260,18 @@ int resample_window(const uint8_t *src, size_t stride, int sh, int sw, int chann
      * coefficient tables stay O(source + output) in size; the tmp image is at most dw x sh. */
     size_t n_kh = (size_t)dw * h.ksize, n_kv = (size_t)dh * v.ksize;
     size_t k_row = (size_t)(h.ksize > v.ksize ? h.ksize : v.ksize);
-    size_t tmp_bytes = need_horizontal && need_vertical ? (size_t)sh * row_bytes : 0;
+    /* fast: shrink the rows first when that leaves the (slower) horizontal pass fewer rows */
+    int vertical_first = fast && need_horizontal && need_vertical && sh > dh;
+    size_t src_row_bytes = (size_t)sw * channels;
+    size_t tmp_bytes = !(need_horizontal && need_vertical) ? 0
+                       : vertical_first ? (size_t)dh * src_row_bytes : (size_t)sh * row_bytes;
+    size_t acc_len = vertical_first && src_row_bytes > row_bytes ? src_row_bytes : row_bytes;
     size_t off_kv = align16(n_kh * sizeof(int32_t));
     size_t off_bh = off_kv + align16(n_kv * sizeof(int32_t));
     size_t off_bv = off_bh + align16((size_t)dw * 2 * sizeof(int));
     size_t off_k = off_bv + align16((size_t)dh * 2 * sizeof(int));
     size_t off_acc = off_k + align16(k_row * sizeof(double));
-    size_t off_tmp = off_acc + align16(row_bytes * sizeof(int32_t));
+    size_t off_tmp = off_acc + align16(acc_len * sizeof(int32_t));
     uint8_t *scratch = malloc(off_tmp + tmp_bytes);
     if (!scratch)
         return moco_fail(err, "resample: out of memory for %dx%d -> %dx%d", sw, sh, dw, dh);
@@ -282,6 +288,18 @@ int resample_window(const uint8_t *src, size_t stride, int sh, int sw, int chann
     int ybox_first = v.bounds[0];
     int ybox_last = v.bounds[2 * dh - 2] + v.bounds[2 * dh - 1];
 
+    if (vertical_first) {
+        coeff_compute(sw, b[0], b[2], dw, f, &h, k);
+        vertical_pass(src, stride, src_row_bytes, &v, dh, tmp, acc);
+        switch (channels) {
+        case 1: horizontal_pass(tmp, src_row_bytes, 0, dh, &h, dst, dw, 1); break;
+        case 2: horizontal_pass(tmp, src_row_bytes, 0, dh, &h, dst, dw, 2); break;
+        case 3: horizontal_pass(tmp, src_row_bytes, 0, dh, &h, dst, dw, 3); break;
+        default: horizontal_pass(tmp, src_row_bytes, 0, dh, &h, dst, dw, 4); break;
+        }
+        free(scratch);
+        return MOCO_OK;
+    }
     const uint8_t *in = src; /* what the vertical pass reads: the source or the tmp image */
     size_t in_stride = stride;
     if (need_horizontal) {
@@ -323,6 +341,18 @@ void resize_short_side(int height, int width, int size, int *out_height, int *ou
         *out_width = new_long;
         *out_height = size;
     }
+}
+
+int resample_window(const uint8_t *src, size_t stride, int sh, int sw, int channels, const double box[4],
+                    uint8_t *dst, int dh, int dw, resample_filter filter, moco_error *err)
+{
+    return resample_impl(src, stride, sh, sw, channels, box, dst, dh, dw, filter, 0, err);
+}
+
+int resample_window_fast(const uint8_t *src, size_t stride, int sh, int sw, int channels, const double box[4],
+                         uint8_t *dst, int dh, int dw, resample_filter filter, moco_error *err)
+{
+    return resample_impl(src, stride, sh, sw, channels, box, dst, dh, dw, filter, 1, err);
 }
 
 int resample(const uint8_t *src, int sh, int sw, int channels, const double box[4], uint8_t *dst, int dh,

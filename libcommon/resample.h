@@ -34,6 +34,13 @@ int resample(const uint8_t *src, int sh, int sw, int channels, const double box[
 int resample_window(const uint8_t *src, size_t stride, int sh, int sw, int channels, const double box[4],
                     uint8_t *dst, int dh, int dw, resample_filter filter, moco_error *err);
 
+/* As resample_window, but when both axes change and rows shrink, the vertical pass runs first, so
+ * the slower horizontal pass sees only the output's rows: about twice as fast for a
+ * RandomResizedCrop. The intermediate is rounded at another point than Pillow rounds it: pixels
+ * may differ from Pillow's by a grey level. */
+int resample_window_fast(const uint8_t *src, size_t stride, int sh, int sw, int channels, const double box[4],
+                         uint8_t *dst, int dh, int dw, resample_filter filter, moco_error *err);
+
 /* torchvision's Resize(size) for an int size: the short side becomes `size`, the long side
  * int(size * long / short) (truncated, as torchvision 0.14 computes it). */
 void resize_short_side(int height, int width, int size, int *out_height, int *out_width);

@@ -89,3 +89,49 @@ ratio() { echo "$1 $2" | awk '{ if ($2 > 0) printf "%.1fx", $1 / $2; else printf
 printf "%-40s %10s %10s\n" "moco-shard --threads 1" "$one" "$(ratio "$one" "${peer:-0}")"
 printf "%-40s %10s %10s\n" "moco-shard --threads $cores" "$all" "$(ratio "$all" "${peer:-0}")"
 echo "$one $all" | awk -v c="$cores" '{ printf "scaling: %.2fx with %d threads (%.0f%% of linear)\n", $2 / $1, c, 100 * $2 / $1 / c }'
+
+# Augment: MoCo v2 pairs (224 px) from ImageNet-like JPEGs (the photos re-encoded at 500 px long
+# side, quality 90), per core, beside ../shared/peers/augment_torchvision.py on the same files.
+echo
+if /usr/bin/python3 -c 'import torchvision' 2>/dev/null; then
+    mkdir -p "$tmp/aug/j"
+    /usr/bin/python3 - "$photos" "$tmp/aug/j" <<'PY'
+import os, sys
+from PIL import Image
+src, out = sys.argv[1], sys.argv[2]
+for f in sorted(os.listdir(src)):
+    if f.endswith((".jpg", ".png")) and "truncated" not in f:
+        im = Image.open(os.path.join(src, f)).convert("RGB")
+        w, h = im.size
+        s = 500 / max(w, h)
+        im.resize((round(w * s), round(h * s)), Image.BILINEAR).save(os.path.join(out, f.split(".")[0] + ".jpg"), quality=90)
+PY
+    secs=${BENCH_SECONDS:-5}
+    peer=$(/usr/bin/python3 "$top/../shared/peers/augment_torchvision.py" --seconds "$secs" "$tmp"/aug/j/*.jpg)
+    fast=$("$build/bench/augment_bench" --seconds "$secs" "$tmp"/aug/j/*.jpg)
+    exact=$("$build/bench/augment_bench" --exact --seconds "$secs" "$tmp"/aug/j/*.jpg)
+    get() { echo "$2" | sed -n "s/.*\"$1\": *\([0-9.]*\).*/\1/p"; }
+    pp=$(get pairs_per_s "$peer")
+    echo "augment: MoCo v2 pairs of 224x224 views from $(ls "$tmp"/aug/j | wc -l) JPEGs at 500 px, quality 90, one core"
+    printf "%-44s %10s %8s %14s\n" "" "pairs/s" "vs peer" "decode share"
+    printf "%-44s %10s %8s %14s\n" "torchvision + PIL (peers/augment_torchvision)" "$pp" "1.0x" "$(get decode_share "$peer")"
+    for row in "libcommon, DCT-scaled decode:$fast" "libcommon, --exact (full-size decode):$exact"; do
+        label=${row%%:*}; json=${row#*:}
+        r=$(get pairs_per_s "$json")
+        printf "%-44s %10s %8s %14s\n" "$label" "$r" "$(ratio "$r" "$pp")" "$(get decode_share "$json")"
+    done
+    # the tool end to end (shards in, views out to /dev/null), 1 thread and all
+    "$build/bin/moco-shard" -q --out "$tmp/aug/shards" "$tmp/aug/j"
+    tool_rate() {
+        t0=$(date +%s.%N)
+        "$build/bin/moco-augment" -q --epochs 40 --threads "$1" "$tmp/aug/shards" >/dev/null
+        t1=$(date +%s.%N)
+        echo "$t0 $t1" | awk -v n=$((40 * $(ls "$tmp"/aug/j | wc -l))) '{ printf "%.1f", n / ($2 - $1) }'
+    }
+    a1=$(tool_rate 1); an=$(tool_rate "$cores")
+    printf "%-44s %10s %8s\n" "moco-augment --threads 1 (shards to /dev/null)" "$a1" "$(ratio "$a1" "$pp")"
+    printf "%-44s %10s %8s\n" "moco-augment --threads $cores" "$an" "$(ratio "$an" "$pp")"
+    echo "$a1 $an" | awk -v c="$cores" '{ printf "scaling: %.2fx with %d threads (%.0f%% of linear)\n", $2 / $1, c, 100 * $2 / $1 / c }'
+else
+    echo "augment: skipped (Debian's python3-torchvision not installed)"
+fi
