@@ -124,12 +124,12 @@ PY
     "$build/bin/moco-shard" -q --out "$tmp/aug/shards" "$tmp/aug/j"
     tool_rate() {
         t0=$(date +%s.%N)
-        "$build/bin/moco-augment" -q --epochs 40 --threads "$1" "$tmp/aug/shards" >/dev/null
+        "$build/bin/moco-augment" -q --level 0 --epochs 40 --threads "$1" "$tmp/aug/shards" >/dev/null
         t1=$(date +%s.%N)
         echo "$t0 $t1" | awk -v n=$((40 * $(ls "$tmp"/aug/j | wc -l))) '{ printf "%.1f", n / ($2 - $1) }'
     }
     a1=$(tool_rate 1); an=$(tool_rate "$cores")
-    printf "%-44s %10s %8s\n" "moco-augment --threads 1 (shards to /dev/null)" "$a1" "$(ratio "$a1" "$pp")"
+    printf "%-44s %10s %8s\n" "moco-augment --threads 1 (raw views out)" "$a1" "$(ratio "$a1" "$pp")"
     printf "%-44s %10s %8s\n" "moco-augment --threads $cores" "$an" "$(ratio "$an" "$pp")"
     echo "$a1 $an" | awk -v c="$cores" '{ printf "scaling: %.2fx with %d threads (%.0f%% of linear)\n", $2 / $1, c, 100 * $2 / $1 / c }'
 else
