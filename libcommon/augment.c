@@ -120,6 +120,24 @@ void augment_sample(const augment_recipe *r, int height, int width, rng *g, view
         v->flip = rng_uniform(g) < r->flip_p;
 }
 
+void augment_decode_plan(const augment_recipe *r, const view_params *views, int nviews, int height, int width,
+                         image_decode_options *opt)
+{
+    if (r->exact || r->eval)
+        return;
+    double need = 0;
+    int x0 = width, y0 = height, x1 = 0, y1 = 0;
+    for (int k = 0; k < nviews; k++) {
+        const view_params *v = &views[k];
+        need = fmax(need, fmax((double)r->size / v->w, (double)r->size / v->h));
+        x0 = v->x < x0 ? v->x : x0, y0 = v->y < y0 ? v->y : y0;
+        x1 = v->x + v->w > x1 ? v->x + v->w : x1, y1 = v->y + v->h > y1 ? v->y + v->h : y1;
+    }
+    opt->min_height = (int)ceil(height * need);
+    opt->min_width = (int)ceil(width * need);
+    opt->region_x = x0, opt->region_y = y0, opt->region_w = x1 - x0, opt->region_h = y1 - y0;
+}
+
 size_t augment_scratch_bytes(const augment_recipe *r, const image *src)
 {
     size_t view = (size_t)r->size * r->size * (size_t)src->channels;

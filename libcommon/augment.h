@@ -56,6 +56,11 @@ void augment_sample(const augment_recipe *r, int height, int width, rng *g, view
 int augment_crop_params(int height, int width, const double scale[2], const double ratio[2], rng *g, int *x,
                         int *y, int *w, int *h);
 
+/* What to decode for these views (unless the recipe is exact): the smallest DCT scale from which
+ * every crop still shrinks to the view size, and only the rectangle the crops cover. */
+void augment_decode_plan(const augment_recipe *r, const view_params *views, int nviews, int height, int width,
+                         image_decode_options *opt);
+
 /* Make one view (size x size x channels, channels of src) from src, a decode of the source that may
  * be reduced (decoded pixel = full-size pixel * scale, scale <= 1) and may cover only a region of it
  * starting at full-size pixel (origin_x, origin_y). scratch: augment_scratch_bytes(r, src) bytes. */

@@ -15,6 +15,7 @@
  * grey+alpha PNGs are reduced to the high byte by PIL too, so they match. */
 #include "image.h"
 
+#include <math.h>
 #include <setjmp.h>
 #include <stdio.h> /* jpeglib.h needs FILE */
 #include <stdlib.h>
@@ -193,6 +194,8 @@ typedef struct {
     int height, width, stored; /* stored: 1 grey, 3 RGB (CMYK becomes RGB) */
     uint8_t *pixels;           /* the image being decoded (height * width * max(stored, want)) */
     uint8_t *cmyk;             /* CMYK rows from libjpeg before conversion */
+    int scale_num;             /* decoded at scale_num/8 */
+    int x0, y0;                /* first decoded column and row, in scaled pixels */
 } jpeg_reader;
 
 enum { JPEG_ROWS_AT_ONCE = 16 };
@@ -210,9 +213,10 @@ static int jpeg_scale(int height, int width, int min_h, int min_w)
     return m;
 }
 
-static int jpeg_run(jpeg_reader *r, const uint8_t *data, size_t len, int want, int64_t max_pixels, int min_h,
-                    int min_w)
+static int jpeg_run(jpeg_reader *r, const uint8_t *data, size_t len, int want, int64_t max_pixels,
+                    const image_decode_options *opt)
 {
+    int min_h = opt ? opt->min_height : 0, min_w = opt ? opt->min_width : 0;
     struct jpeg_decompress_struct *ci = &r->cinfo;
     if (setjmp(r->errors.jump))
         return MOCO_ERR;
@@ -237,13 +241,40 @@ static int jpeg_run(jpeg_reader *r, const uint8_t *data, size_t len, int want, i
     /* JpegDecode.c: RGB for 3 components (libjpeg converts from YCbCr), CMYK for 4 (libjpeg
      * converts from YCCK), libjpeg's default (grey) for 1; islow DCT and fancy upsampling. */
     ci->out_color_space = nc == 1 ? JCS_GRAYSCALE : nc == 3 ? JCS_RGB : JCS_CMYK;
+    r->scale_num = 8;
     if (min_h > 0 && min_w > 0) {
-        ci->scale_num = (unsigned)jpeg_scale(r->height, r->width, min_h, min_w);
+        r->scale_num = jpeg_scale(r->height, r->width, min_h, min_w);
+        ci->scale_num = (unsigned)r->scale_num;
         ci->scale_denom = 8;
         jpeg_calc_output_dimensions(ci);
         r->height = (int)ci->output_height;
         r->width = (int)ci->output_width;
     }
+    /* A region: the scaled rows [y0, y1) and columns [x0, x1) that cover it. */
+    int y1 = r->height, x1 = r->width;
+    if (opt && opt->region_w > 0 && opt->region_h > 0) {
+        double s = r->scale_num / 8.0;
+        r->x0 = (int)floor(opt->region_x * s), r->y0 = (int)floor(opt->region_y * s);
+        x1 = (int)ceil((opt->region_x + opt->region_w) * s), y1 = (int)ceil((opt->region_y + opt->region_h) * s);
+        r->x0 = r->x0 < 0 ? 0 : r->x0 > r->width - 1 ? r->width - 1 : r->x0;
+        r->y0 = r->y0 < 0 ? 0 : r->y0 > r->height - 1 ? r->height - 1 : r->y0;
+        x1 = x1 > r->width ? r->width : x1 <= r->x0 ? r->x0 + 1 : x1;
+        y1 = y1 > r->height ? r->height : y1 <= r->y0 ? r->y0 + 1 : y1;
+    }
+    jpeg_start_decompress(ci);
+    if ((int)ci->output_width != r->width || (int)ci->output_height != r->height ||
+        ci->output_components != (nc == 4 ? 4 : r->stored)) {
+        snprintf(r->errors.msg, sizeof r->errors.msg, "corrupt JPEG: unexpected output shape");
+        return MOCO_ERR;
+    }
+    int full_height = r->height;
+    if (r->x0 > 0 || x1 < r->width) {
+        JDIMENSION xoff = (JDIMENSION)r->x0, cw = (JDIMENSION)(x1 - r->x0);
+        jpeg_crop_scanline(ci, &xoff, &cw); /* widened to whole iMCUs */
+        r->x0 = (int)xoff;
+        r->width = (int)cw;
+    }
+    r->height = y1 - r->y0;
     size_t row_bytes = (size_t)r->width * r->stored;
     r->pixels = malloc((size_t)r->height * r->width * (want > r->stored ? want : r->stored));
     if (nc == 4)
@@ -253,28 +284,29 @@ static int jpeg_run(jpeg_reader *r, const uint8_t *data, size_t len, int want, i
                  r->height);
         return MOCO_ERR;
     }
-    jpeg_start_decompress(ci);
-    if ((int)ci->output_width != r->width || (int)ci->output_height != r->height ||
-        ci->output_components != (nc == 4 ? 4 : r->stored)) {
-        snprintf(r->errors.msg, sizeof r->errors.msg, "corrupt JPEG: unexpected output shape");
+    if (r->y0 > 0 && (int)jpeg_skip_scanlines(ci, (JDIMENSION)r->y0) != r->y0) {
+        snprintf(r->errors.msg, sizeof r->errors.msg, "corrupt JPEG: cannot skip to row %d", r->y0);
         return MOCO_ERR;
     }
-    while (ci->output_scanline < ci->output_height) {
-        int y0 = (int)ci->output_scanline;
-        int n = r->height - y0 < JPEG_ROWS_AT_ONCE ? r->height - y0 : JPEG_ROWS_AT_ONCE;
+    for (int row = 0; row < r->height;) {
+        int n = r->height - row < JPEG_ROWS_AT_ONCE ? r->height - row : JPEG_ROWS_AT_ONCE;
         JSAMPROW rows[JPEG_ROWS_AT_ONCE];
         for (int i = 0; i < n; i++)
-            rows[i] = nc == 4 ? r->cmyk + (size_t)i * r->width * 4 : r->pixels + (size_t)(y0 + i) * row_bytes;
+            rows[i] = nc == 4 ? r->cmyk + (size_t)i * r->width * 4 : r->pixels + (size_t)(row + i) * row_bytes;
         int got = (int)jpeg_read_scanlines(ci, rows, (JDIMENSION)n);
         if (got <= 0) { /* cannot happen with a memory source; never loop forever */
-            snprintf(r->errors.msg, sizeof r->errors.msg, "corrupt JPEG: no progress at row %d", y0);
+            snprintf(r->errors.msg, sizeof r->errors.msg, "corrupt JPEG: no progress at row %d", r->y0 + row);
             return MOCO_ERR;
         }
         if (nc == 4)
             for (int i = 0; i < got; i++)
-                cmyk_inverted_to_rgb(rows[i], r->pixels + (size_t)(y0 + i) * row_bytes, r->width);
+                cmyk_inverted_to_rgb(rows[i], r->pixels + (size_t)(row + i) * row_bytes, r->width);
+        row += got;
     }
-    jpeg_finish_decompress(ci); /* reads to EOI: a file cut after the last scan is truncated too */
+    if (r->y0 + r->height < full_height)
+        jpeg_abort_decompress(ci); /* the rows below the region are not needed */
+    else
+        jpeg_finish_decompress(ci); /* reads to EOI: a file cut after the last scan is truncated too */
     return MOCO_OK;
 }
 
@@ -286,17 +318,19 @@ static void jpeg_reader_free(jpeg_reader *r)
     free(r->cmyk);
 }
 
-static int jpeg_decode(const uint8_t *data, size_t len, int want, int64_t max_pixels, int min_h, int min_w,
-                       image *out, moco_error *err)
+static int jpeg_decode(const uint8_t *data, size_t len, int want, int64_t max_pixels,
+                       const image_decode_options *opt, image *out, image_origin *origin, moco_error *err)
 {
     jpeg_reader r;
     memset(&r, 0, sizeof r);
     r.cinfo.err = &r.errors.pub;
     jpeg_errors_init(&r.errors, "corrupt JPEG");
-    int rc = jpeg_run(&r, data, len, want, max_pixels, min_h, min_w);
+    int rc = jpeg_run(&r, data, len, want, max_pixels, opt);
     if (rc == MOCO_OK) {
         finish_image(r.pixels, r.height, r.width, r.stored, want ? want : r.stored, out);
         r.pixels = NULL;
+        double scale = r.scale_num / 8.0;
+        *origin = (image_origin){r.x0 / scale, r.y0 / scale, scale};
     } else {
         moco_fail(err, "%s", r.errors.msg);
     }
@@ -311,7 +345,7 @@ static int jpeg_probe(const uint8_t *data, size_t len, int *height, int *width, 
     memset(&r, 0, sizeof r);
     r.cinfo.err = &r.errors.pub;
     jpeg_errors_init(&r.errors, "corrupt JPEG");
-    int rc = jpeg_run(&r, data, len, -1, 0, 0, 0);
+    int rc = jpeg_run(&r, data, len, -1, 0, NULL);
     if (rc == MOCO_OK) {
         *height = r.height;
         *width = r.width;
@@ -559,17 +593,17 @@ int image_probe(const uint8_t *data, size_t len, int *height, int *width, int *c
     }
 }
 
-int image_decode(const uint8_t *data, size_t len, const image_decode_options *opt, image *out,
-                 moco_error *err)
+int image_decode_region(const uint8_t *data, size_t len, const image_decode_options *opt, image *out,
+                        image_origin *origin, moco_error *err)
 {
     memset(out, 0, sizeof *out);
+    *origin = (image_origin){0, 0, 1};
     int want = opt ? opt->channels : 0;
     int64_t max_pixels = opt && opt->max_pixels > 0 ? opt->max_pixels : IMAGE_DEFAULT_MAX_PIXELS;
     if (want != 0 && want != 1 && want != 3)
         return moco_fail(err, "image_decode: %d channels asked for (0, 1 or 3)", want);
     switch (image_sniff(data, len)) {
-    case IMAGE_JPEG:
-        return jpeg_decode(data, len, want, max_pixels, opt ? opt->min_height : 0, opt ? opt->min_width : 0, out, err);
+    case IMAGE_JPEG: return jpeg_decode(data, len, want, max_pixels, opt, out, origin, err);
     case IMAGE_PNG: {
         png_reader r;
         if (png_start(data, len, want, max_pixels, &r, err) != MOCO_OK)
@@ -579,4 +613,11 @@ int image_decode(const uint8_t *data, size_t len, const image_decode_options *op
     }
     default: return fail_not_image(data, len, err);
     }
+}
+
+int image_decode(const uint8_t *data, size_t len, const image_decode_options *opt, image *out,
+                 moco_error *err)
+{
+    image_origin origin;
+    return image_decode_region(data, len, opt, out, &origin, err);
 }

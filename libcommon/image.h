@@ -34,7 +34,19 @@ typedef struct {
      * image is shrunk afterwards anyway. The pixels then differ from PIL's, which decodes at full
      * size before resizing; 0 keeps PIL's exact result. PNGs are unaffected. */
     int min_height, min_width;
+    /* When region_w > 0, a JPEG may be decoded over that rectangle only (full-size pixels): rows
+     * outside it are skipped (jpeg_skip_scanlines), columns cut to whole iMCUs around it
+     * (jpeg_crop_scanline); what a crop needs, for much less work. Pixels at the rectangle's edges
+     * may differ from a full decode's (chroma upsampling meets the edge). Use image_decode_region to
+     * learn where the decoded pixels lie. PNGs always decode whole. */
+    int region_x, region_y, region_w, region_h;
 } image_decode_options;
+
+/* Where a decode lies in the full-size image: decoded pixel (0, 0) is full-size pixel (x, y), and
+ * full-size distances times scale are decoded distances (scale < 1 after a DCT-scaled decode). */
+typedef struct {
+    double x, y, scale;
+} image_origin;
 
 #define IMAGE_DEFAULT_MAX_PIXELS ((int64_t)1 << 28) /* 268 Mpixel: far above any photo dataset */
 
@@ -49,6 +61,10 @@ int image_probe(const uint8_t *data, size_t len, int *height, int *width, int *c
  * image (starts with ...)", "corrupt PNG: ..."); the caller adds the file name. opt may be NULL. */
 int image_decode(const uint8_t *data, size_t len, const image_decode_options *opt, image *out,
                  moco_error *err);
+
+/* image_decode, also saying where the decoded pixels lie (see region_* and min_* above). */
+int image_decode_region(const uint8_t *data, size_t len, const image_decode_options *opt, image *out,
+                        image_origin *origin, moco_error *err);
 
 /* Encode as baseline JPEG (4:2:0 for RGB, as PIL's default) at quality 1..100 into a malloc'd
  * buffer (*out, *out_len). */

@@ -86,22 +86,13 @@ static int make_views(const run *r, int epoch, job *j)
     }
     image src = {it->height, it->width, it->channels, it->data};
     image decoded = {0};
-    double scale = 1.0;
+    image_origin origin = {0, 0, 1};
     if (it->is_jpeg) {
         image_decode_options opt = {.channels = it->channels};
-        if (!rc->exact && !rc->eval) { /* the smallest decode from which every crop still shrinks */
-            double need = 0;
-            for (int k = 0; k < r->views; k++)
-                need = fmax(need, fmax((double)rc->size / v[k].w, (double)rc->size / v[k].h));
-            opt.min_height = (int)ceil(it->height * need);
-            opt.min_width = (int)ceil(it->width * need);
-        }
-        if (image_decode(it->data, it->len, &opt, &decoded, &j->err))
+        if (!rc->exact && !rc->eval)
+            augment_decode_plan(rc, v, r->views, it->height, it->width, &opt);
+        if (image_decode_region(it->data, it->len, &opt, &decoded, &origin, &j->err))
             return MOCO_ERR;
-        /* libjpeg scales by M/8 and rounds sizes up: the exact factor is M/8 */
-        scale = rint(8.0 * decoded.width / it->width) / 8.0;
-        if (decoded.width == it->width)
-            scale = 1.0;
         src = decoded;
     }
     size_t view_bytes = (size_t)rc->size * rc->size * (size_t)it->channels;
@@ -109,7 +100,8 @@ static int make_views(const run *r, int epoch, job *j)
     j->views = malloc(view_bytes * (size_t)r->views);
     int status = scratch && j->views ? MOCO_OK : moco_fail(&j->err, "out of memory");
     for (int k = 0; k < r->views && !status; k++)
-        status = augment_view(rc, &v[k], &src, scale, 0, 0, j->views + (size_t)k * view_bytes, scratch, &j->err);
+        status = augment_view(rc, &v[k], &src, origin.scale, origin.x, origin.y, j->views + (size_t)k * view_bytes,
+                              scratch, &j->err);
     free(scratch);
     image_free(&decoded);
     return status;

@@ -53,27 +53,24 @@ int main(int argc, char **argv)
     while (progress_now() - t0 < seconds) {
         for (int k = 0; k < n; k++, pairs++) {
             view_params v[2];
-            double need = 0;
             for (int j = 0; j < 2; j++) {
                 rng g;
                 rng_init(&g, 0, 0, (uint64_t)pairs, (uint32_t)j);
                 augment_sample(&r, hs[k], ws[k], &g, &v[j]);
-                need = fmax(need, fmax((double)size / v[j].w, (double)size / v[j].h));
             }
             image_decode_options opt = {.channels = 3};
-            if (!exact) {
-                opt.min_height = (int)ceil(hs[k] * need);
-                opt.min_width = (int)ceil(ws[k] * need);
-            }
+            if (!exact)
+                augment_decode_plan(&r, v, 2, hs[k], ws[k], &opt);
             double d0 = progress_now();
             image img;
-            if (image_decode(blobs[k], lens[k], &opt, &img, &err))
+            image_origin at;
+            if (image_decode_region(blobs[k], lens[k], &opt, &img, &at, &err))
                 return cli_error("%s: %s", argv[i + k], err.msg);
             decode_s += progress_now() - d0;
-            double scale = img.width == ws[k] ? 1.0 : rint(8.0 * img.width / ws[k]) / 8.0;
             uint8_t *scratch = malloc(augment_scratch_bytes(&r, &img));
             for (int j = 0; j < 2; j++)
-                if (augment_view(&r, &v[j], &img, scale, 0, 0, views + (size_t)j * size * size * 3, scratch, &err))
+                if (augment_view(&r, &v[j], &img, at.scale, at.x, at.y, views + (size_t)j * size * size * 3, scratch,
+                                 &err))
                     return cli_error("%s", err.msg);
             free(scratch);
             image_free(&img);

@@ -394,6 +394,42 @@ TEST(test_probe_agrees_with_decode_on_photos)
     }
 }
 
+/* A region decode holds the same pixels as a full decode at the same scale, away from its edges
+ * (where chroma upsampling meets the cut), and says where it lies. */
+TEST(test_region_decode_matches_full_decode_inside)
+{
+    size_t len;
+    uint8_t *data = test_slurp(PHOTOS "china.jpg", &len); /* 640x427, 4:2:0 */
+    CHECK(data != NULL);
+    for (int min = 0; min <= 1; min++) {
+        image_decode_options full_opt = {.channels = 3, .min_height = min ? 200 : 0, .min_width = min ? 300 : 0};
+        image_decode_options opt = full_opt;
+        opt.region_x = 101, opt.region_y = 77, opt.region_w = 250, opt.region_h = 190;
+        image full, part;
+        image_origin at, at_full;
+        moco_error err;
+        CHECK_OK(image_decode_region(data, len, &full_opt, &full, &at_full, &err), &err);
+        CHECK_OK(image_decode_region(data, len, &opt, &part, &at, &err), &err);
+        CHECK(at_full.x == 0 && at_full.y == 0);
+        CHECK(at.scale == (min ? 0.5 : 1.0) && at_full.scale == at.scale);
+        int ox = (int)(at.x * at.scale), oy = (int)(at.y * at.scale);
+        /* the region covers what was asked, in decoded pixels */
+        CHECK(ox <= 101 * at.scale && oy <= 77 * at.scale);
+        CHECK(ox + part.width >= (101 + 250) * at.scale && oy + part.height >= (77 + 190) * at.scale);
+        CHECK(part.height < full.height); /* rows outside were skipped */
+        int same = 1;
+        for (int y = 4; y < part.height - 4; y++)
+            for (int x = 16; x < part.width - 16; x++)
+                for (int c = 0; c < 3; c++)
+                    same &= part.pixels[((size_t)y * part.width + x) * 3 + c] ==
+                            full.pixels[((size_t)(oy + y) * full.width + ox + x) * 3 + c];
+        CHECK(same);
+        image_free(&full);
+        image_free(&part);
+    }
+    free(data);
+}
+
 int main(void)
 {
     RUN(test_decode_matches_pil_for_every_fixture);
@@ -411,5 +447,6 @@ int main(void)
     RUN(test_encode_keeps_grey_grey);
     RUN(test_encode_refuses_bad_arguments);
     RUN(test_probe_agrees_with_decode_on_photos);
+    RUN(test_region_decode_matches_full_decode_inside);
     TEST_EXIT();
 }
