@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <zlib.h>
 
 static int test_failed_flag;
 static int test_fail_count;
@@ -63,6 +64,30 @@ static inline unsigned char *test_slurp(const char *path, size_t *len)
     *len = buf ? fread(buf, 1, (size_t)(n > 0 ? n : 0), f) : 0;
     fclose(f);
     return buf;
+}
+
+/* Pixels against a fixture: `expected` is "crc32:XXXXXXXX" or the path of a raw file of exactly n
+ * bytes; a raw mismatch prints how many bytes differ and by how much. */
+static inline int test_matches_expected(const char *expected, const unsigned char *got, size_t n)
+{
+    if (strncmp(expected, "crc32:", 6) == 0)
+        return strtoul(expected + 6, NULL, 16) == crc32(0, got, (uInt)n);
+    size_t len;
+    unsigned char *want = test_slurp(expected, &len);
+    int same = want && len == n && memcmp(want, got, n) == 0;
+    if (want && len == n && !same) {
+        size_t diff = 0;
+        int worst = 0;
+        for (size_t i = 0; i < n; i++)
+            if (want[i] != got[i]) {
+                int d = abs(want[i] - got[i]);
+                diff++;
+                worst = d > worst ? d : worst;
+            }
+        printf("# %zu of %zu bytes differ, by up to %d\n", diff, n, worst);
+    }
+    free(want);
+    return same;
 }
 
 #endif

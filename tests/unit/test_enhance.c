@@ -24,28 +24,6 @@ static uint8_t *all_rgb(void)
     return p;
 }
 
-/* "crc32:XXXXXXXX" or a raw file of exactly n bytes; prints how far off a raw mismatch is. */
-static int matches_expected(const char *expected, const uint8_t *got, size_t n)
-{
-    if (strncmp(expected, "crc32:", 6) == 0)
-        return strtoul(expected + 6, NULL, 16) == crc32(0, got, (uInt)n);
-    size_t len;
-    uint8_t *want = test_slurp(expected, &len);
-    int same = want && len == n && memcmp(want, got, n) == 0;
-    if (want && len == n && !same) {
-        size_t diff = 0;
-        int worst = 0;
-        for (size_t i = 0; i < n; i++)
-            if (want[i] != got[i]) {
-                diff++;
-                worst = abs(want[i] - got[i]) > worst ? abs(want[i] - got[i]) : worst;
-            }
-        printf("# %zu of %zu bytes differ, by up to %d\n", diff, n, worst);
-    }
-    free(want);
-    return same;
-}
-
 /* Run one named operation in place; factor is the fixture's float32 value. */
 static int apply(const char *op, float factor, uint8_t *px, int h, int w, int c)
 {
@@ -115,7 +93,7 @@ TEST(test_enhance_matches_pil_every_fixture_case)
             if (px && len != n)
                 free(px), px = NULL;
         }
-        if (!px || apply(op, factor, px, h, w, c) != 0 || !matches_expected(expected, px, n)) {
+        if (!px || apply(op, factor, px, h, w, c) != 0 || !test_matches_expected(expected, px, n)) {
             failed++;
             printf("# differs from PIL: %s", line);
         }

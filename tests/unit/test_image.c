@@ -12,18 +12,6 @@
 #define FIXTURES "tests/fixtures/image/"
 #define PHOTOS "../shared/data/photos/"
 
-/* "crc32:XXXXXXXX" or a raw file of exactly n bytes. */
-static int matches_expected(const char *expected, const uint8_t *got, size_t n)
-{
-    if (strncmp(expected, "crc32:", 6) == 0)
-        return strtoul(expected + 6, NULL, 16) == crc32(0, got, (uInt)n);
-    size_t len;
-    uint8_t *want = test_slurp(expected, &len);
-    int same = want && len == n && memcmp(want, got, n) == 0;
-    free(want);
-    return same;
-}
-
 /* Decode the file at `path` to `channels` (0 = as stored); returns the status, fills img and err. */
 static int decode_file(const char *path, int channels, image *img, moco_error *err)
 {
@@ -74,9 +62,9 @@ TEST(test_decode_matches_pil_for_every_fixture)
                 what = "image_decode";
             else if (img.height != h || img.width != w || img.channels != (c ? c : stored))
                 what = "decoded shape";
-            else if (c == 3 && !matches_expected(rgb, img.pixels, (size_t)h * w * 3))
+            else if (c == 3 && !test_matches_expected(rgb, img.pixels, (size_t)h * w * 3))
                 what = "RGB pixels differ from PIL's convert(\"RGB\")";
-            else if (c == 1 && !matches_expected(lum, img.pixels, (size_t)h * w))
+            else if (c == 1 && !test_matches_expected(lum, img.pixels, (size_t)h * w))
                 what = "grey pixels differ from PIL's convert(\"L\")";
             image_free(&img);
         }

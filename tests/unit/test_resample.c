@@ -46,29 +46,6 @@ static uint8_t *load_source(const char *path, int sh, int sw, int channels)
     return img.pixels;
 }
 
-/* "crc32:XXXXXXXX" or a raw file of exactly n bytes. */
-static int matches_expected(const char *expected, const uint8_t *got, size_t n)
-{
-    if (strncmp(expected, "crc32:", 6) == 0)
-        return strtoul(expected + 6, NULL, 16) == crc32(0, got, (uInt)n);
-    size_t len;
-    uint8_t *want = test_slurp(expected, &len);
-    int same = want && len == n && memcmp(want, got, n) == 0;
-    if (want && len == n && !same) {
-        size_t diff = 0;
-        int worst = 0;
-        for (size_t i = 0; i < n; i++)
-            if (want[i] != got[i]) {
-                diff++;
-                int d = abs(want[i] - got[i]);
-                worst = d > worst ? d : worst;
-            }
-        printf("# %zu of %zu bytes differ, by up to %d\n", diff, n, worst);
-    }
-    free(want);
-    return same;
-}
-
 TEST(test_resample_matches_pil_every_fixture_case)
 {
     FILE *f = fopen("tests/fixtures/image/resample.txt", "r");
@@ -93,7 +70,7 @@ TEST(test_resample_matches_pil_every_fixture_case)
         moco_error err = {{0}};
         int ok = in && out && filter_from_name(fname) >= 0 &&
                  resample(in, sh, sw, c, box, out, dh, dw, (resample_filter)filter_from_name(fname), &err) == 0 &&
-                 matches_expected(expected, out, (size_t)dh * dw * c);
+                 test_matches_expected(expected, out, (size_t)dh * dw * c);
         if (!ok) {
             failed++;
             printf("# differs from PIL: %s%s%s", line, err.msg[0] ? "#   " : "", err.msg[0] ? err.msg : "");
