@@ -7,9 +7,11 @@
  * Not here: the 16/32-bit modes, NEAREST (an affine transform in Pillow) and the RGBA/LA
  * premultiplication Image.resize adds in Python: 2 and 4 channels are resampled as independent bands.
  *
- * All scratch memory (coefficients, bounds, the intermediate image, one accumulator row) comes from
- * one malloc per call. The vertical pass runs row by row over an int32 accumulator rather than
- * column by column as Pillow does; integer sums do not depend on order, so the bytes are the same. */
+ * All scratch memory (coefficients, bounds, the intermediate image, one accumulator row, the
+ * horizontal pass's transposed block of rows) comes from one malloc per call. The vertical pass runs
+ * row by row over an int32 accumulator rather than column by column as Pillow does, and the
+ * horizontal pass over several rows at once; integer sums do not depend on order, so the bytes are
+ * the same. */
 #include "resample.h"
 
 #include <math.h>
@@ -143,41 +145,103 @@ static void coeff_compute(int in_size, float in0, float in1, int out_size, const
 static inline uint8_t clip8(int32_t v)
 {
     v >>= PRECISION_BITS;
-    return (uint8_t)(v < 0 ? 0 : v > 255 ? 255 : v);
+    /* two ifs rather than one ?: chain: GCC vectorises these into saturating packs and min/max */
+    if (v < 0)
+        v = 0;
+    if (v > 255)
+        v = 255;
+    return (uint8_t)v;
+}
+
+/* The sums the horizontal pass keeps at once: a block of rows x the bytes a pixel takes there
+ * (3 channels padded to 4). 32 int32 are four AVX2 registers. */
+#define HLANES 32
+
+/* Pixel `off` of four rows, side by side, pb bytes each (for 3 channels, the 4th byte is the next
+ * pixel's red, ignored). A grey pixel goes through a word: GCC vectorises the shifts, not the
+ * single-byte stores. */
+static inline __attribute__((always_inline)) void four_pixels(uint8_t *restrict c, const uint8_t *const p[4],
+                                                             size_t off, int pb)
+{
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+    if (pb == 1) {
+        uint32_t w = p[0][off] | p[1][off] << 8 | p[2][off] << 16 | (uint32_t)p[3][off] << 24;
+        memcpy(c, &w, 4);
+        return;
+    }
+#endif
+    for (int i = 0; i < 4; i++)
+        memcpy(c + i * pb, p[i] + off, pb);
 }
 
 /* ImagingResampleHorizontal_8bpc over `rows` source rows starting at row0, into tmp (rows x dw).
- * Inlined with a constant `channels` so each channel count gets its own unrolled loop. */
+ * One row at a time, an output pixel is a loop over a few taps (3 to 5 for the usual shrinks)
+ * whose channels interleave: nothing there for the vectoriser. So the pass takes a block of rows
+ * (32 grey rows, 8 RGB rows) and first transposes the source columns they read into
+ * cols[x][row][byte], pixels padded to 4 bytes for 3 channels. A tap then adds one weight times
+ * HLANES contiguous bytes, a loop of compile-time length that vectorises as the vertical pass does,
+ * and its weight is loaded once for all the rows. Each sum still runs from HALF over the taps in
+ * Pillow's order, in int32: the same bytes. cols holds HLANES * sw bytes; sw is the source row's
+ * width in pixels, past which no byte is read. Inlined with a constant `channels`. */
 static inline __attribute__((always_inline)) void
-horizontal_pass(const uint8_t *src, size_t stride, int row0, int rows, const axis_coeffs *a, uint8_t *tmp,
-                int dw, const int channels)
+horizontal_pass(const uint8_t *src, size_t stride, int row0, int rows, int sw, const axis_coeffs *a,
+                uint8_t *tmp, int dw, uint8_t *restrict cols, const int channels)
 {
-    for (int yy = 0; yy < rows; yy++) {
-        const uint8_t *in = src + (size_t)(row0 + yy) * stride;
-        uint8_t *out = tmp + (size_t)yy * dw * channels;
+    const int pb = channels == 3 ? 4 : channels; /* bytes a pixel takes in cols */
+    const int block_rows = HLANES / pb;
+    /* the source columns x0 .. x1 - 1 that some output pixel reads */
+    int x0 = a->bounds[0], x1 = x0;
+    for (int xx = 0; xx < dw; xx++) {
+        if (x0 > a->bounds[2 * xx])
+            x0 = a->bounds[2 * xx];
+        if (x1 < a->bounds[2 * xx] + a->bounds[2 * xx + 1])
+            x1 = a->bounds[2 * xx] + a->bounds[2 * xx + 1];
+    }
+    /* 3 channels are copied 4 bytes at a time (the 4th is the next pixel's red, ignored), except
+     * the row's last pixel, which has no next one */
+    int x_wide = channels == 3 && x1 == sw ? x1 - 1 : x1;
+    size_t out_stride = (size_t)dw * channels;
+    for (int y = 0; y < rows; y += block_rows) {
+        int block = rows - y < block_rows ? rows - y : block_rows;
+        if (block < block_rows) /* the rows a last, partial block lacks are zeros, not garbage */
+            memset(cols, 0, (size_t)(x1 - x0) * HLANES);
+        for (int r = 0; r < block; r += 4) {
+            /* four rows at a time, the loop GCC vectorises best (a group past the block's end
+             * repeats its last row) */
+            const uint8_t *p[4];
+            for (int i = 0; i < 4; i++)
+                p[i] = src + (size_t)(row0 + y + (r + i < block ? r + i : block - 1)) * stride;
+            uint8_t *restrict c = cols + (size_t)r * pb;
+            for (int x = x0; x < x_wide; x++, c += HLANES)
+                four_pixels(c, p, (size_t)x * channels, pb);
+            if (channels == 3 && x_wide < x1)
+                for (int i = 0; i < 4; i++) {
+                    memcpy(c + i * pb, p[i] + (size_t)x_wide * channels, channels);
+                    c[i * pb + 3] = 0;
+                }
+        }
         for (int xx = 0; xx < dw; xx++) {
-            const uint8_t *p = in + (size_t)a->bounds[2 * xx] * channels;
+            const uint8_t *q = cols + (size_t)(a->bounds[2 * xx] - x0) * HLANES;
             const int32_t *k = a->kk + (size_t)xx * a->ksize;
             int n = a->bounds[2 * xx + 1];
-            /* one named sum a channel: GCC -O2 keeps these in registers, not an array */
-            int32_t s0 = HALF, s1 = HALF, s2 = HALF, s3 = HALF;
-            for (int x = 0; x < n; x++, p += channels) {
-                s0 += p[0] * k[x];
-                if (channels > 1) /* constant: no branch once inlined */
-                    s1 += p[1] * k[x];
-                if (channels > 2)
-                    s2 += p[2] * k[x];
-                if (channels > 3)
-                    s3 += p[3] * k[x];
-            }
-            uint8_t *o = out + (size_t)xx * channels;
-            o[0] = clip8(s0);
-            if (channels > 1)
-                o[1] = clip8(s1);
-            if (channels > 2)
-                o[2] = clip8(s2);
-            if (channels > 3)
-                o[3] = clip8(s3);
+            int32_t acc[HLANES];
+            uint8_t px[HLANES];
+            for (int j = 0; j < HLANES; j++)
+                acc[j] = HALF;
+            for (int t = 0; t < n; t++, q += HLANES)
+                for (int j = 0; j < HLANES; j++)
+                    acc[j] += q[j] * k[t];
+            for (int j = 0; j < HLANES; j++)
+                px[j] = clip8(acc[j]);
+            /* 3 channels are stored 4 bytes at a time too, the 4th overwritten by the next pixel,
+             * except in the last one; a full block's stores unroll */
+            uint8_t *o = tmp + ((size_t)y * dw + xx) * channels;
+            if (block == block_rows && (channels != 3 || xx + 1 < dw))
+                for (int r = 0; r < block_rows; r++)
+                    memcpy(o + r * out_stride, px + r * pb, pb);
+            else
+                for (int r = 0; r < block; r++)
+                    memcpy(o + r * out_stride, px + r * pb, channels);
         }
     }
 }
@@ -271,7 +335,8 @@ static int resample_impl(const uint8_t *src, size_t stride, int sh, int sw, int 
     size_t off_bv = off_bh + align16((size_t)dw * 2 * sizeof(int));
     size_t off_k = off_bv + align16((size_t)dh * 2 * sizeof(int));
     size_t off_acc = off_k + align16(k_row * sizeof(double));
-    size_t off_tmp = off_acc + align16(acc_len * sizeof(int32_t));
+    size_t off_cols = off_acc + align16(acc_len * sizeof(int32_t));
+    size_t off_tmp = off_cols + align16(need_horizontal ? (size_t)HLANES * sw : 0);
     uint8_t *scratch = malloc(off_tmp + tmp_bytes);
     if (!scratch)
         return moco_fail(err, "resample: out of memory for %dx%d -> %dx%d", sw, sh, dw, dh);
@@ -281,6 +346,7 @@ static int resample_impl(const uint8_t *src, size_t stride, int sh, int sw, int 
     v.bounds = (int *)(scratch + off_bv);
     double *k = (double *)(scratch + off_k);
     int32_t *acc = (int32_t *)(scratch + off_acc);
+    uint8_t *cols = scratch + off_cols;
     uint8_t *tmp = scratch + off_tmp;
 
     coeff_compute(sh, b[1], b[3], dh, f, &v, k);
@@ -292,10 +358,10 @@ static int resample_impl(const uint8_t *src, size_t stride, int sh, int sw, int 
         coeff_compute(sw, b[0], b[2], dw, f, &h, k);
         vertical_pass(src, stride, src_row_bytes, &v, dh, tmp, acc);
         switch (channels) {
-        case 1: horizontal_pass(tmp, src_row_bytes, 0, dh, &h, dst, dw, 1); break;
-        case 2: horizontal_pass(tmp, src_row_bytes, 0, dh, &h, dst, dw, 2); break;
-        case 3: horizontal_pass(tmp, src_row_bytes, 0, dh, &h, dst, dw, 3); break;
-        default: horizontal_pass(tmp, src_row_bytes, 0, dh, &h, dst, dw, 4); break;
+        case 1: horizontal_pass(tmp, src_row_bytes, 0, dh, sw, &h, dst, dw, cols, 1); break;
+        case 2: horizontal_pass(tmp, src_row_bytes, 0, dh, sw, &h, dst, dw, cols, 2); break;
+        case 3: horizontal_pass(tmp, src_row_bytes, 0, dh, sw, &h, dst, dw, cols, 3); break;
+        default: horizontal_pass(tmp, src_row_bytes, 0, dh, sw, &h, dst, dw, cols, 4); break;
         }
         free(scratch);
         return MOCO_OK;
@@ -310,10 +376,10 @@ static int resample_impl(const uint8_t *src, size_t stride, int sh, int sw, int 
         for (int i = 0; i < dh; i++)
             v.bounds[2 * i] -= ybox_first;
         switch (channels) {
-        case 1: horizontal_pass(src, stride, row0, rows, &h, out, dw, 1); break;
-        case 2: horizontal_pass(src, stride, row0, rows, &h, out, dw, 2); break;
-        case 3: horizontal_pass(src, stride, row0, rows, &h, out, dw, 3); break;
-        default: horizontal_pass(src, stride, row0, rows, &h, out, dw, 4); break;
+        case 1: horizontal_pass(src, stride, row0, rows, sw, &h, out, dw, cols, 1); break;
+        case 2: horizontal_pass(src, stride, row0, rows, sw, &h, out, dw, cols, 2); break;
+        case 3: horizontal_pass(src, stride, row0, rows, sw, &h, out, dw, cols, 3); break;
+        default: horizontal_pass(src, stride, row0, rows, sw, &h, out, dw, cols, 4); break;
         }
         in = tmp;
         in_stride = row_bytes;
