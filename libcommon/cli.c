@@ -82,6 +82,16 @@ int cli_real(const char *option, const char *s, double min, double max, double *
     return 0;
 }
 
+int cli_part(const char *option, const char *s, int *part, int *parts)
+{
+    int i, n, end = 0;
+    if (sscanf(s, "%d/%d%n", &i, &n, &end) != 2 || s[end] || n < 1 || i < 0 || i >= n)
+        return cli_usage_error("%s: '%s' is not I/N with 0 <= I < N", option, s);
+    *part = i;
+    *parts = n;
+    return 0;
+}
+
 int cli_default_threads(void)
 {
     long n = sysconf(_SC_NPROCESSORS_ONLN);

@@ -64,6 +64,29 @@ static void convert_in_place(uint8_t *p, size_t npix, int from, int to)
             p[i] = luma(p + 3 * i);
 }
 
+int image_convert_channels(image *img, int channels, moco_error *err)
+{
+    if (img->channels == channels)
+        return MOCO_OK;
+    if ((img->channels != 1 && img->channels != 3) || (channels != 1 && channels != 3))
+        return moco_fail(err, "image: cannot convert %d channels to %d", img->channels, channels);
+    size_t npix = (size_t)img->height * img->width;
+    if (channels > img->channels) { /* room first: grey grows to three bytes a pixel */
+        uint8_t *bigger = realloc(img->pixels, npix * 3);
+        if (!bigger)
+            return moco_fail(err, "image: out of memory converting %dx%d to RGB", img->width, img->height);
+        img->pixels = bigger;
+    }
+    convert_in_place(img->pixels, npix, img->channels, channels);
+    if (channels < img->channels) { /* give back the unused two thirds; keep the block if realloc says no */
+        uint8_t *smaller = realloc(img->pixels, npix);
+        if (smaller)
+            img->pixels = smaller;
+    }
+    img->channels = channels;
+    return MOCO_OK;
+}
+
 /* Give the decoded image the asked-for channel count and hand the buffer to `out`. */
 static void finish_image(uint8_t *pixels, int height, int width, int stored, int want, image *out)
 {

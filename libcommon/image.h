@@ -70,6 +70,10 @@ int image_decode_region(const uint8_t *data, size_t len, const image_decode_opti
  * buffer (*out, *out_len). */
 int image_encode_jpeg(const image *img, int quality, uint8_t **out, size_t *out_len, moco_error *err);
 
+/* Grey <-> RGB in place, as PIL's convert does (replicate, or ITU-R 601 luma); the buffer is
+ * reallocated to fit. A no-op when img already has `channels`. */
+int image_convert_channels(image *img, int channels, moco_error *err);
+
 /* Allocate an image of the given shape (pixels uninitialised). */
 int image_alloc(image *img, int height, int width, int channels, moco_error *err);
 void image_free(image *img);

@@ -331,27 +331,6 @@ static void target_size(const shard_format *fmt, int h, int w, int *oh, int *ow)
     }
 }
 
-/* Grey <-> RGB as PIL's convert does (image.h). */
-static int convert_channels(image *img, int channels, moco_error *err)
-{
-    if (img->channels == channels)
-        return MOCO_OK;
-    image out;
-    if (image_alloc(&out, img->height, img->width, channels, err))
-        return MOCO_ERR;
-    size_t n = (size_t)img->height * (size_t)img->width;
-    const uint8_t *src = img->pixels;
-    for (size_t i = 0; i < n; i++) {
-        if (channels == 3)
-            out.pixels[3 * i] = out.pixels[3 * i + 1] = out.pixels[3 * i + 2] = src[i];
-        else
-            out.pixels[i] = (uint8_t)((src[3 * i] * 19595 + src[3 * i + 1] * 38470 + src[3 * i + 2] * 7471 + 0x8000) >> 16);
-    }
-    image_free(img);
-    *img = out;
-    return MOCO_OK;
-}
-
 int shard_sample_prepare(const shard_format *fmt, const uint8_t *bytes, size_t len, const image *pixels,
                          shard_sample *out, moco_error *err)
 {
@@ -386,7 +365,7 @@ int shard_sample_prepare(const shard_format *fmt, const uint8_t *bytes, size_t l
         out->jpeg = (uint8_t *)bytes; /* checked by the decode above; kept as it is */
         out->jpeg_len = len;
     } else {
-        if (convert_channels(&out->img, fmt->channels, err))
+        if (image_convert_channels(&out->img, fmt->channels, err))
             goto fail;
         if (oh != out->img.height || ow != out->img.width) {
             image small;

@@ -202,10 +202,7 @@ int main(int argc, char **argv)
         case O_EPOCHS: status = cli_int("--epochs", optarg, 1, 1000000, &epochs); break;
         case O_SEED: status = cli_int("--seed", optarg, 0, INT64_MAX, &seed); break;
         case O_BUFFER: status = cli_int("--shuffle-buffer", optarg, 1, 10000000, &buffer); break;
-        case O_PART:
-            if (sscanf(optarg, "%d/%d", &part, &parts) != 2 || parts < 1 || part < 0 || part >= parts)
-                status = cli_usage_error("--part: '%s' is not I/N with 0 <= I < N", optarg);
-            break;
+        case O_PART: status = cli_part("--part", optarg, &part, &parts); break;
         case O_THREADS: status = cli_int("--threads", optarg, 1, 4096, &threads); break;
         case O_SCALE: status = parse_pair("--scale", optarg, 1e-6, 1, rc->scale); break;
         case O_RATIO: status = parse_pair("--ratio", optarg, 1e-3, 1e3, rc->ratio); break;

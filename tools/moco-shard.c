@@ -278,10 +278,7 @@ int main(int argc, char **argv)
             break;
         case O_SHUFFLE: shuffle = 1; break;
         case O_SEED: rc = cli_int("--seed", optarg, 0, INT64_MAX, &seed); break;
-        case O_PART:
-            if (sscanf(optarg, "%d/%d", &part, &parts) != 2 || parts < 1 || part < 0 || part >= parts)
-                rc = cli_usage_error("--part: '%s' is not I/N with 0 <= I < N", optarg);
-            break;
+        case O_PART: rc = cli_part("--part", optarg, &part, &parts); break;
         case O_THREADS: rc = cli_int("--threads", optarg, 1, 4096, &threads); break;
         case O_LEVEL: rc = cli_int("--level", optarg, -7, 22, &level); break;
         case O_STRICT: strict = 1; break;
