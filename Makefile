@@ -11,13 +11,13 @@ VERSION   := 0.1.0
 BUILD     ?= build
 PREFIX    ?= /usr/local
 CC        ?= cc
-PKGS      := libzstd libxxhash jansson libpng libjpeg libarchive zlib
+PKGS      := libzstd libxxhash jansson libpng libjpeg libarchive zlib expat openblas
 OPT       ?= -O2
 CFLAGS    ?= $(OPT) -g
 SAN       ?=
 CPPFLAGS  += -Ilibcommon -DMOCO_VERSION='"$(VERSION)"' $(shell pkg-config --cflags $(PKGS))
 ALL_CFLAGS = -std=c11 -D_GNU_SOURCE -Wall -Wextra -Wshadow -Wno-format-truncation -pthread -fopenmp $(SAN) $(CFLAGS)
-LDLIBS    += $(shell pkg-config --libs $(PKGS)) -lm -pthread -fopenmp
+LDLIBS    += $(shell pkg-config --libs $(PKGS)) -ldnnl -lm -pthread -fopenmp
 
 # CUDA: built when nvcc and cudnn.h are both found, unless CUDA=0.
 CUDA_HOME ?= /usr/local/cuda

@@ -1,0 +1,814 @@
+/* backend.c — the CPU backend: oneDNN primitives, OpenBLAS products, OpenMP loops (see backend.h).
+ *
+ * oneDNN pattern used throughout: memory descriptors give logical NCHW dims with an NHWC layout tag;
+ * weights are described as `any` so the convolution picks its blocked layout, and a reorder
+ * primitive converts from (or back to) torchvision's OIHW. Memory objects are created without data
+ * and bound to the caller's pointers just before each execute. */
+#include "backend.h"
+
+#include <cblas.h>
+#include <math.h>
+#include <oneapi/dnnl/dnnl.h>
+#include <oneapi/dnnl/dnnl_debug.h>
+#include <stdlib.h>
+#include <string.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+struct backend {
+    dnnl_engine_t engine;
+    dnnl_stream_t stream;
+    int threads;
+};
+
+backend *backend_create(int threads, moco_error *err)
+{
+    backend *b = calloc(1, sizeof *b);
+    if (!b) {
+        moco_fail(err, "out of memory");
+        return NULL;
+    }
+#ifdef _OPENMP
+    if (threads <= 0)
+        threads = omp_get_num_procs();
+    omp_set_num_threads(threads);
+#else
+    if (threads <= 0)
+        threads = 1;
+#endif
+    openblas_set_num_threads(threads);
+    b->threads = threads;
+    dnnl_status_t st = dnnl_engine_create(&b->engine, dnnl_cpu, 0);
+    if (st == dnnl_success)
+        st = dnnl_stream_create(&b->stream, b->engine, dnnl_stream_default_flags);
+    if (st != dnnl_success) {
+        moco_fail(err, "oneDNN: cannot create the CPU engine (%s)", dnnl_status2str(st));
+        backend_destroy(b);
+        return NULL;
+    }
+    return b;
+}
+
+void backend_destroy(backend *b)
+{
+    if (!b)
+        return;
+    if (b->stream)
+        dnnl_stream_destroy(b->stream);
+    if (b->engine)
+        dnnl_engine_destroy(b->engine);
+    free(b);
+}
+
+int backend_threads(const backend *b) { return b->threads; }
+
+/* ---- small oneDNN helpers ---- */
+
+static void md_nhwc(dnnl_memory_desc_t *md, int n, int c, int h, int w)
+{
+    dnnl_dims_t dims = {n, c, h, w};
+    dnnl_memory_desc_init_by_tag(md, 4, dims, dnnl_f32, dnnl_nhwc);
+}
+
+static void md_vector(dnnl_memory_desc_t *md, int c)
+{
+    dnnl_dims_t dims = {c};
+    dnnl_memory_desc_init_by_tag(md, 1, dims, dnnl_f32, dnnl_a);
+}
+
+static int execute(backend *b, dnnl_primitive_t p, int nargs, const dnnl_exec_arg_t *args,
+                   moco_error *err, const char *what)
+{
+    dnnl_status_t st = dnnl_primitive_execute(p, b->stream, nargs, args);
+    if (st == dnnl_success)
+        st = dnnl_stream_wait(b->stream);
+    if (st != dnnl_success)
+        return moco_fail(err, "oneDNN: %s failed (%s)", what, dnnl_status2str(st));
+    return MOCO_OK;
+}
+
+/* A memory object with no data of its own; bind() points it at a buffer before each execute. */
+static dnnl_memory_t unbound(backend *b, const dnnl_memory_desc_t *md)
+{
+    dnnl_memory_t m = NULL;
+    if (dnnl_memory_create(&m, md, b->engine, DNNL_MEMORY_NONE) != dnnl_success)
+        return NULL;
+    return m;
+}
+
+static dnnl_memory_t bind(dnnl_memory_t m, const void *data)
+{
+    dnnl_memory_set_data_handle(m, (void *)data);
+    return m;
+}
+
+static void free_memory(dnnl_memory_t *m)
+{
+    if (*m)
+        dnnl_memory_destroy(*m);
+    *m = NULL;
+}
+
+static void free_primitive(dnnl_primitive_t *p)
+{
+    if (*p)
+        dnnl_primitive_destroy(*p);
+    *p = NULL;
+}
+
+static int make_primitive(dnnl_primitive_desc_t pd, dnnl_primitive_t *p, moco_error *err, const char *what)
+{
+    dnnl_status_t st = dnnl_primitive_create(p, pd);
+    if (st != dnnl_success)
+        return moco_fail(err, "oneDNN: cannot create the %s primitive (%s)", what, dnnl_status2str(st));
+    return MOCO_OK;
+}
+
+/* A reorder between two layouts of the same tensor, or NULL when they are the same layout. */
+static int make_reorder(backend *b, const dnnl_memory_desc_t *from, const dnnl_memory_desc_t *to,
+                        dnnl_primitive_t *p, moco_error *err)
+{
+    *p = NULL;
+    if (dnnl_memory_desc_equal(from, to))
+        return MOCO_OK;
+    dnnl_primitive_desc_t pd;
+    dnnl_status_t st = dnnl_reorder_primitive_desc_create(&pd, from, b->engine, to, b->engine, NULL);
+    if (st != dnnl_success)
+        return moco_fail(err, "oneDNN: cannot create a weight reorder (%s)", dnnl_status2str(st));
+    int rc = make_primitive(pd, p, err, "reorder");
+    dnnl_primitive_desc_destroy(pd);
+    return rc;
+}
+
+/* Run a reorder from -> to (both described by the memories' descriptors). */
+static int reorder(backend *b, dnnl_primitive_t p, dnnl_memory_t from, const void *src, dnnl_memory_t to,
+                   void *dst, moco_error *err)
+{
+    dnnl_exec_arg_t args[] = {{DNNL_ARG_FROM, bind(from, src)}, {DNNL_ARG_TO, bind(to, dst)}};
+    return execute(b, p, 2, args, err, "weight reorder");
+}
+
+/* ---- convolution ---- */
+
+struct conv2d {
+    backend *b;
+    int in_c, out_c, kernel, stride, pad;
+    int n, h, w, oh, ow; /* the shape the primitives below are built for; n = 0: none yet */
+    dnnl_primitive_t fwd, bwd_data, bwd_weights;
+    dnnl_primitive_t to_fwd_weights, to_bwd_weights, from_diff_weights; /* reorders, NULL = same layout */
+    dnnl_memory_t src, dst, user_weights, fwd_weights, bwd_weights_mem, diff_src, diff_dst,
+        diff_weights, user_diff_weights;
+    float *fwd_weights_buf, *bwd_weights_buf, *diff_weights_buf; /* NULL when the user layout is used */
+};
+
+conv2d *conv2d_create(backend *b, int in_channels, int out_channels, int kernel, int stride, int pad,
+                      moco_error *err)
+{
+    conv2d *c = calloc(1, sizeof *c);
+    if (!c) {
+        moco_fail(err, "out of memory");
+        return NULL;
+    }
+    *c = (conv2d){.b = b, .in_c = in_channels, .out_c = out_channels, .kernel = kernel, .stride = stride, .pad = pad};
+    return c;
+}
+
+static void conv2d_release(conv2d *c)
+{
+    free_primitive(&c->fwd);
+    free_primitive(&c->bwd_data);
+    free_primitive(&c->bwd_weights);
+    free_primitive(&c->to_fwd_weights);
+    free_primitive(&c->to_bwd_weights);
+    free_primitive(&c->from_diff_weights);
+    dnnl_memory_t *mems[] = {&c->src, &c->dst, &c->user_weights, &c->fwd_weights, &c->bwd_weights_mem,
+                             &c->diff_src, &c->diff_dst, &c->diff_weights, &c->user_diff_weights};
+    for (size_t i = 0; i < sizeof mems / sizeof *mems; i++)
+        free_memory(mems[i]);
+    free(c->fwd_weights_buf);
+    free(c->bwd_weights_buf);
+    free(c->diff_weights_buf);
+    c->fwd_weights_buf = c->bwd_weights_buf = c->diff_weights_buf = NULL;
+    c->n = 0;
+}
+
+void conv2d_destroy(conv2d *c)
+{
+    if (!c)
+        return;
+    conv2d_release(c);
+    free(c);
+}
+
+int conv2d_out_size(int in, int kernel, int stride, int pad) { return (in + 2 * pad - kernel) / stride + 1; }
+
+/* A weight buffer in the primitive's layout, or NULL when that layout is the user's OIHW. */
+static int weights_buffer(const dnnl_memory_desc_t *md, const dnnl_memory_desc_t *user, float **buf,
+                          moco_error *err)
+{
+    *buf = NULL;
+    if (dnnl_memory_desc_equal(md, user))
+        return MOCO_OK;
+    size_t bytes = dnnl_memory_desc_get_size(md);
+    if (!(*buf = aligned_alloc(64, (bytes + 63) / 64 * 64)))
+        return moco_fail(err, "out of memory for convolution weights");
+    return MOCO_OK;
+}
+
+/* Build forward, backward-data and backward-weights primitives for input (n, h, w). */
+static int conv2d_prepare(conv2d *c, int n, int h, int w, moco_error *err)
+{
+    if (c->n == n && c->h == h && c->w == w)
+        return MOCO_OK;
+    conv2d_release(c);
+    backend *b = c->b;
+    int oh = conv2d_out_size(h, c->kernel, c->stride, c->pad), ow = conv2d_out_size(w, c->kernel, c->stride, c->pad);
+    if (oh < 1 || ow < 1)
+        return moco_fail(err, "convolution %dx%d stride %d: input %dx%d is too small", c->kernel, c->kernel,
+                         c->stride, h, w);
+    dnnl_memory_desc_t src_md, dst_md, any_w, user_w;
+    md_nhwc(&src_md, n, c->in_c, h, w);
+    md_nhwc(&dst_md, n, c->out_c, oh, ow);
+    dnnl_dims_t wdims = {c->out_c, c->in_c, c->kernel, c->kernel};
+    dnnl_memory_desc_init_by_tag(&any_w, 4, wdims, dnnl_f32, dnnl_format_tag_any);
+    dnnl_memory_desc_init_by_tag(&user_w, 4, wdims, dnnl_f32, dnnl_oihw);
+    dnnl_dims_t strides = {c->stride, c->stride}, pad = {c->pad, c->pad};
+
+    dnnl_convolution_desc_t fd, bdd, bwd;
+    dnnl_primitive_desc_t fpd = NULL, bdpd = NULL, bwpd = NULL;
+    int rc = MOCO_ERR;
+    if (dnnl_convolution_forward_desc_init(&fd, dnnl_forward_training, dnnl_convolution_direct, &src_md,
+                                           &any_w, NULL, &dst_md, strides, pad, pad) != dnnl_success ||
+        dnnl_primitive_desc_create(&fpd, &fd, NULL, b->engine, NULL) != dnnl_success ||
+        dnnl_convolution_backward_data_desc_init(&bdd, dnnl_convolution_direct, &src_md, &any_w, &dst_md,
+                                                 strides, pad, pad) != dnnl_success ||
+        dnnl_primitive_desc_create(&bdpd, &bdd, NULL, b->engine, fpd) != dnnl_success ||
+        dnnl_convolution_backward_weights_desc_init(&bwd, dnnl_convolution_direct, &src_md, &any_w, NULL,
+                                                    &dst_md, strides, pad, pad) != dnnl_success ||
+        dnnl_primitive_desc_create(&bwpd, &bwd, NULL, b->engine, fpd) != dnnl_success) {
+        moco_fail(err, "oneDNN: no convolution for %dx%d stride %d, %d->%d channels, input %dx%dx%d",
+                  c->kernel, c->kernel, c->stride, c->in_c, c->out_c, n, h, w);
+        goto done;
+    }
+    const dnnl_memory_desc_t *fw = dnnl_primitive_desc_query_md(fpd, dnnl_query_weights_md, 0);
+    const dnnl_memory_desc_t *bw = dnnl_primitive_desc_query_md(bdpd, dnnl_query_weights_md, 0);
+    const dnnl_memory_desc_t *dw = dnnl_primitive_desc_query_md(bwpd, dnnl_query_diff_weights_md, 0);
+    if (make_primitive(fpd, &c->fwd, err, "convolution") || make_primitive(bdpd, &c->bwd_data, err, "convolution backward-data") ||
+        make_primitive(bwpd, &c->bwd_weights, err, "convolution backward-weights") ||
+        make_reorder(b, &user_w, fw, &c->to_fwd_weights, err) || make_reorder(b, &user_w, bw, &c->to_bwd_weights, err) ||
+        make_reorder(b, dw, &user_w, &c->from_diff_weights, err) ||
+        weights_buffer(fw, &user_w, &c->fwd_weights_buf, err) || weights_buffer(bw, &user_w, &c->bwd_weights_buf, err) ||
+        weights_buffer(dw, &user_w, &c->diff_weights_buf, err))
+        goto done;
+    c->src = unbound(b, &src_md);
+    c->dst = unbound(b, &dst_md);
+    c->user_weights = unbound(b, &user_w);
+    c->user_diff_weights = unbound(b, &user_w);
+    c->fwd_weights = unbound(b, fw);
+    c->bwd_weights_mem = unbound(b, bw);
+    c->diff_weights = unbound(b, dw);
+    c->diff_src = unbound(b, &src_md);
+    c->diff_dst = unbound(b, &dst_md);
+    if (!c->src || !c->dst || !c->user_weights || !c->user_diff_weights || !c->fwd_weights ||
+        !c->bwd_weights_mem || !c->diff_weights || !c->diff_src || !c->diff_dst) {
+        moco_fail(err, "oneDNN: cannot create convolution memories");
+        goto done;
+    }
+    c->n = n, c->h = h, c->w = w, c->oh = oh, c->ow = ow;
+    rc = MOCO_OK;
+done:
+    if (fpd)
+        dnnl_primitive_desc_destroy(fpd);
+    if (bdpd)
+        dnnl_primitive_desc_destroy(bdpd);
+    if (bwpd)
+        dnnl_primitive_desc_destroy(bwpd);
+    if (rc)
+        conv2d_release(c);
+    return rc;
+}
+
+int conv2d_forward(conv2d *c, const float *x, int n, int h, int w, const float *weight, float *y,
+                   moco_error *err)
+{
+    if (conv2d_prepare(c, n, h, w, err))
+        return MOCO_ERR;
+    const float *wt = weight;
+    if (c->to_fwd_weights) {
+        if (reorder(c->b, c->to_fwd_weights, c->user_weights, weight, c->fwd_weights, c->fwd_weights_buf, err))
+            return MOCO_ERR;
+        wt = c->fwd_weights_buf;
+    }
+    dnnl_exec_arg_t args[] = {{DNNL_ARG_SRC, bind(c->src, x)},
+                              {DNNL_ARG_WEIGHTS, bind(c->fwd_weights, wt)},
+                              {DNNL_ARG_DST, bind(c->dst, y)}};
+    return execute(c->b, c->fwd, 3, args, err, "convolution forward");
+}
+
+int conv2d_backward(conv2d *c, const float *x, const float *weight, const float *dy, float *dx,
+                    float *dweight, moco_error *err)
+{
+    if (!c->n)
+        return moco_fail(err, "convolution backward called before its forward");
+    if (dx) {
+        const float *wt = weight;
+        if (c->to_bwd_weights) {
+            if (reorder(c->b, c->to_bwd_weights, c->user_weights, weight, c->bwd_weights_mem, c->bwd_weights_buf, err))
+                return MOCO_ERR;
+            wt = c->bwd_weights_buf;
+        }
+        dnnl_exec_arg_t args[] = {{DNNL_ARG_DIFF_DST, bind(c->diff_dst, dy)},
+                                  {DNNL_ARG_WEIGHTS, bind(c->bwd_weights_mem, wt)},
+                                  {DNNL_ARG_DIFF_SRC, bind(c->diff_src, dx)}};
+        if (execute(c->b, c->bwd_data, 3, args, err, "convolution backward-data"))
+            return MOCO_ERR;
+    }
+    float *dw = c->from_diff_weights ? c->diff_weights_buf : dweight;
+    dnnl_exec_arg_t args[] = {{DNNL_ARG_SRC, bind(c->src, x)},
+                              {DNNL_ARG_DIFF_DST, bind(c->diff_dst, dy)},
+                              {DNNL_ARG_DIFF_WEIGHTS, bind(c->diff_weights, dw)}};
+    if (execute(c->b, c->bwd_weights, 3, args, err, "convolution backward-weights"))
+        return MOCO_ERR;
+    if (c->from_diff_weights)
+        return reorder(c->b, c->from_diff_weights, c->diff_weights, dw, c->user_diff_weights, dweight, err);
+    return MOCO_OK;
+}
+
+/* ---- batch normalisation ---- */
+
+struct batchnorm {
+    backend *b;
+    int channels, fuse_relu;
+    /* training primitives for (n, h, w); eval primitive for (eval_n, h, w) */
+    int n, h, w, eval_n, eval_h, eval_w;
+    dnnl_primitive_t fwd, bwd, eval;
+    /* data: the input x; out: y forward, dx backward; diff_data: dy */
+    dnnl_memory_t data, out, diff_data, stat_mean, stat_var, scale, shift, diff_scale, diff_shift, workspace_mem;
+    dnnl_memory_t eval_data, eval_out;
+    void *workspace;
+    float *mean, *var; /* the last training forward's statistics, groups * channels each */
+    int groups, stats_capacity;
+};
+
+batchnorm *batchnorm_create(backend *b, int channels, int fuse_relu, moco_error *err)
+{
+    batchnorm *bn = calloc(1, sizeof *bn);
+    if (!bn) {
+        moco_fail(err, "out of memory");
+        return NULL;
+    }
+    bn->b = b, bn->channels = channels, bn->fuse_relu = fuse_relu;
+    return bn;
+}
+
+static void batchnorm_release_train(batchnorm *bn)
+{
+    free_primitive(&bn->fwd);
+    free_primitive(&bn->bwd);
+    dnnl_memory_t *mems[] = {&bn->data, &bn->out, &bn->diff_data, &bn->stat_mean, &bn->stat_var, &bn->scale,
+                             &bn->shift, &bn->diff_scale, &bn->diff_shift, &bn->workspace_mem};
+    for (size_t i = 0; i < sizeof mems / sizeof *mems; i++)
+        free_memory(mems[i]);
+    free(bn->workspace);
+    bn->workspace = NULL;
+    bn->n = 0;
+}
+
+void batchnorm_destroy(batchnorm *bn)
+{
+    if (!bn)
+        return;
+    batchnorm_release_train(bn);
+    free_primitive(&bn->eval);
+    free_memory(&bn->eval_data);
+    free_memory(&bn->eval_out);
+    free(bn->mean);
+    free(bn->var);
+    free(bn);
+}
+
+static unsigned bn_flags(const batchnorm *bn)
+{
+    return dnnl_use_scale | dnnl_use_shift | (bn->fuse_relu ? dnnl_fuse_norm_relu : 0);
+}
+
+static int batchnorm_prepare_train(batchnorm *bn, int n, int h, int w, moco_error *err)
+{
+    if (bn->n == n && bn->h == h && bn->w == w)
+        return MOCO_OK;
+    batchnorm_release_train(bn);
+    backend *b = bn->b;
+    dnnl_memory_desc_t md, vec;
+    md_nhwc(&md, n, bn->channels, h, w);
+    md_vector(&vec, bn->channels);
+    dnnl_batch_normalization_desc_t fd, bd;
+    dnnl_primitive_desc_t fpd = NULL, bpd = NULL;
+    int rc = MOCO_ERR;
+    if (dnnl_batch_normalization_forward_desc_init(&fd, dnnl_forward_training, &md, 1e-5f, bn_flags(bn)) != dnnl_success ||
+        dnnl_primitive_desc_create(&fpd, &fd, NULL, b->engine, NULL) != dnnl_success ||
+        dnnl_batch_normalization_backward_desc_init(&bd, dnnl_backward, &md, &md, 1e-5f, bn_flags(bn)) != dnnl_success ||
+        dnnl_primitive_desc_create(&bpd, &bd, NULL, b->engine, fpd) != dnnl_success) {
+        moco_fail(err, "oneDNN: no batch norm for %d channels, input %dx%dx%d", bn->channels, n, h, w);
+        goto done;
+    }
+    if (make_primitive(fpd, &bn->fwd, err, "batch norm") || make_primitive(bpd, &bn->bwd, err, "batch norm backward"))
+        goto done;
+    if (bn->fuse_relu) {
+        const dnnl_memory_desc_t *ws = dnnl_primitive_desc_query_md(fpd, dnnl_query_workspace_md, 0);
+        size_t bytes = dnnl_memory_desc_get_size(ws);
+        bn->workspace = aligned_alloc(64, (bytes + 63) / 64 * 64 + 64);
+        bn->workspace_mem = unbound(b, ws);
+        if (!bn->workspace || !bn->workspace_mem) {
+            moco_fail(err, "out of memory for the batch norm workspace");
+            goto done;
+        }
+    }
+    bn->data = unbound(b, &md);
+    bn->out = unbound(b, &md);
+    bn->diff_data = unbound(b, &md);
+    if (!bn->data || !bn->out || !bn->diff_data) {
+        moco_fail(err, "oneDNN: cannot create batch norm memories");
+        goto done;
+    }
+    dnnl_memory_t *vecs[] = {&bn->stat_mean, &bn->stat_var, &bn->scale, &bn->shift, &bn->diff_scale, &bn->diff_shift};
+    for (size_t i = 0; i < sizeof vecs / sizeof *vecs; i++)
+        if (!(*vecs[i] = unbound(b, &vec))) {
+            moco_fail(err, "oneDNN: cannot create batch norm memories");
+            goto done;
+        }
+    bn->n = n, bn->h = h, bn->w = w;
+    rc = MOCO_OK;
+done:
+    if (fpd)
+        dnnl_primitive_desc_destroy(fpd);
+    if (bpd)
+        dnnl_primitive_desc_destroy(bpd);
+    if (rc)
+        batchnorm_release_train(bn);
+    return rc;
+}
+
+int batchnorm_forward_train(batchnorm *bn, const float *x, int n, int h, int w, int groups,
+                            const float *weight, const float *bias, float *y, float *running_mean,
+                            float *running_var, moco_error *err)
+{
+    if (groups < 1 || n % groups)
+        return moco_fail(err, "batch norm: a batch of %d does not split into %d groups", n, groups);
+    int per_group = n / groups, c = bn->channels;
+    if (per_group * h * w < 2)
+        return moco_fail(err, "batch norm: %d value(s) per channel in a group; training needs more than 1", per_group * h * w);
+    if (batchnorm_prepare_train(bn, per_group, h, w, err))
+        return MOCO_ERR;
+    if (bn->stats_capacity < groups * c) {
+        free(bn->mean);
+        free(bn->var);
+        bn->mean = malloc(sizeof(float) * groups * c);
+        bn->var = malloc(sizeof(float) * groups * c);
+        if (!bn->mean || !bn->var)
+            return moco_fail(err, "out of memory");
+        bn->stats_capacity = groups * c;
+    }
+    bn->groups = groups;
+    size_t group_size = (size_t)per_group * h * w * c;
+    for (int g = 0; g < groups; g++) {
+        dnnl_exec_arg_t args[] = {{DNNL_ARG_SRC, bind(bn->data, x + g * group_size)},
+                                  {DNNL_ARG_DST, bind(bn->out, y + g * group_size)},
+                                  {DNNL_ARG_MEAN, bind(bn->stat_mean, bn->mean + g * c)},
+                                  {DNNL_ARG_VARIANCE, bind(bn->stat_var, bn->var + g * c)},
+                                  {DNNL_ARG_SCALE, bind(bn->scale, weight)},
+                                  {DNNL_ARG_SHIFT, bind(bn->shift, bias)},
+                                  {DNNL_ARG_WORKSPACE, bn->workspace_mem ? bind(bn->workspace_mem, bn->workspace) : NULL}};
+        if (execute(bn->b, bn->fwd, bn->fuse_relu ? 7 : 6, args, err, "batch norm forward"))
+            return MOCO_ERR;
+    }
+    if (running_mean && groups == 1) {
+        /* PyTorch: running = (1 - 0.1) running + 0.1 batch, the variance made unbiased (n / (n - 1)). */
+        double count = (double)n * h * w;
+        float unbias = (float)(count / (count - 1));
+        for (int i = 0; i < c; i++) {
+            running_mean[i] = 0.9f * running_mean[i] + 0.1f * bn->mean[i];
+            running_var[i] = 0.9f * running_var[i] + 0.1f * (bn->var[i] * unbias);
+        }
+    }
+    return MOCO_OK;
+}
+
+int batchnorm_forward_eval(batchnorm *bn, const float *x, int n, int h, int w, const float *weight,
+                           const float *bias, const float *running_mean, const float *running_var,
+                           float *y, moco_error *err)
+{
+    backend *b = bn->b;
+    if (!(bn->eval && bn->eval_n == n && bn->eval_h == h && bn->eval_w == w)) {
+        free_primitive(&bn->eval);
+        free_memory(&bn->eval_data);
+        free_memory(&bn->eval_out);
+        dnnl_memory_desc_t md;
+        md_nhwc(&md, n, bn->channels, h, w);
+        dnnl_batch_normalization_desc_t d;
+        dnnl_primitive_desc_t pd = NULL;
+        if (dnnl_batch_normalization_forward_desc_init(&d, dnnl_forward_inference, &md, 1e-5f,
+                                                       bn_flags(bn) | dnnl_use_global_stats) != dnnl_success ||
+            dnnl_primitive_desc_create(&pd, &d, NULL, b->engine, NULL) != dnnl_success)
+            return moco_fail(err, "oneDNN: no inference batch norm for %d channels, input %dx%dx%d", bn->channels, n, h, w);
+        int rc = make_primitive(pd, &bn->eval, err, "batch norm inference");
+        dnnl_primitive_desc_destroy(pd);
+        if (rc)
+            return rc;
+        bn->eval_data = unbound(b, &md);
+        bn->eval_out = unbound(b, &md);
+        if (!bn->eval_data || !bn->eval_out)
+            return moco_fail(err, "oneDNN: cannot create batch norm memories");
+        bn->eval_n = n, bn->eval_h = h, bn->eval_w = w;
+        if (!bn->scale) { /* vector memories are shared with the training primitives */
+            dnnl_memory_desc_t vec;
+            md_vector(&vec, bn->channels);
+            bn->scale = unbound(b, &vec), bn->shift = unbound(b, &vec);
+            bn->stat_mean = unbound(b, &vec), bn->stat_var = unbound(b, &vec);
+        }
+    }
+    dnnl_exec_arg_t args[] = {{DNNL_ARG_SRC, bind(bn->eval_data, x)},
+                              {DNNL_ARG_DST, bind(bn->eval_out, y)},
+                              {DNNL_ARG_MEAN, bind(bn->stat_mean, running_mean)},
+                              {DNNL_ARG_VARIANCE, bind(bn->stat_var, running_var)},
+                              {DNNL_ARG_SCALE, bind(bn->scale, weight)},
+                              {DNNL_ARG_SHIFT, bind(bn->shift, bias)}};
+    return execute(b, bn->eval, 6, args, err, "batch norm inference");
+}
+
+int batchnorm_backward(batchnorm *bn, const float *x, const float *dy, const float *weight, const float *bias,
+                       float *dx, float *dweight, float *dbias, moco_error *err)
+{
+    if (!bn->n || bn->groups != 1)
+        return moco_fail(err, "batch norm backward needs a training forward with one group first");
+    dnnl_exec_arg_t args[] = {{DNNL_ARG_SRC, bind(bn->data, x)},
+                              {DNNL_ARG_DIFF_DST, bind(bn->diff_data, dy)},
+                              {DNNL_ARG_DIFF_SRC, bind(bn->out, dx)},
+                              {DNNL_ARG_MEAN, bind(bn->stat_mean, bn->mean)},
+                              {DNNL_ARG_VARIANCE, bind(bn->stat_var, bn->var)},
+                              {DNNL_ARG_SCALE, bind(bn->scale, weight)},
+                              {DNNL_ARG_SHIFT, bind(bn->shift, bias)},
+                              {DNNL_ARG_DIFF_SCALE, bind(bn->diff_scale, dweight)},
+                              {DNNL_ARG_DIFF_SHIFT, bind(bn->diff_shift, dbias)},
+                              {DNNL_ARG_WORKSPACE, bn->workspace_mem ? bind(bn->workspace_mem, bn->workspace) : NULL}};
+    return execute(bn->b, bn->bwd, bn->fuse_relu ? 10 : 9, args, err, "batch norm backward");
+}
+
+/* ---- max-pooling ---- */
+
+struct maxpool {
+    backend *b;
+    int channels, kernel, stride, pad;
+    int n, h, w, training; /* shape of the built primitives */
+    dnnl_primitive_t fwd, bwd;
+    dnnl_memory_t src, dst, diff_src, diff_dst, workspace_mem;
+    void *workspace;
+};
+
+maxpool *maxpool_create(backend *b, int channels, int kernel, int stride, int pad, moco_error *err)
+{
+    maxpool *p = calloc(1, sizeof *p);
+    if (!p) {
+        moco_fail(err, "out of memory");
+        return NULL;
+    }
+    *p = (maxpool){.b = b, .channels = channels, .kernel = kernel, .stride = stride, .pad = pad};
+    return p;
+}
+
+static void maxpool_release(maxpool *p)
+{
+    free_primitive(&p->fwd);
+    free_primitive(&p->bwd);
+    dnnl_memory_t *mems[] = {&p->src, &p->dst, &p->diff_src, &p->diff_dst, &p->workspace_mem};
+    for (size_t i = 0; i < sizeof mems / sizeof *mems; i++)
+        free_memory(mems[i]);
+    free(p->workspace);
+    p->workspace = NULL;
+    p->n = 0;
+}
+
+void maxpool_destroy(maxpool *p)
+{
+    if (!p)
+        return;
+    maxpool_release(p);
+    free(p);
+}
+
+static int maxpool_prepare(maxpool *p, int n, int h, int w, int training, moco_error *err)
+{
+    if (p->n == n && p->h == h && p->w == w && p->training == training)
+        return MOCO_OK;
+    maxpool_release(p);
+    int oh = conv2d_out_size(h, p->kernel, p->stride, p->pad), ow = conv2d_out_size(w, p->kernel, p->stride, p->pad);
+    if (oh < 1 || ow < 1)
+        return moco_fail(err, "max-pool: input %dx%d is too small", h, w);
+    dnnl_memory_desc_t src_md, dst_md;
+    md_nhwc(&src_md, n, p->channels, h, w);
+    md_nhwc(&dst_md, n, p->channels, oh, ow);
+    dnnl_dims_t strides = {p->stride, p->stride}, kernel = {p->kernel, p->kernel}, pad = {p->pad, p->pad};
+    dnnl_pooling_desc_t fd, bd;
+    dnnl_primitive_desc_t fpd = NULL, bpd = NULL;
+    int rc = MOCO_ERR;
+    if (dnnl_pooling_forward_desc_init(&fd, training ? dnnl_forward_training : dnnl_forward_inference, dnnl_pooling_max,
+                                       &src_md, &dst_md, strides, kernel, pad, pad) != dnnl_success ||
+        dnnl_primitive_desc_create(&fpd, &fd, NULL, p->b->engine, NULL) != dnnl_success ||
+        (training && (dnnl_pooling_backward_desc_init(&bd, dnnl_pooling_max, &src_md, &dst_md, strides, kernel, pad, pad) != dnnl_success ||
+                      dnnl_primitive_desc_create(&bpd, &bd, NULL, p->b->engine, fpd) != dnnl_success))) {
+        moco_fail(err, "oneDNN: no max-pool for input %dx%dx%dx%d", n, h, w, p->channels);
+        goto done;
+    }
+    if (make_primitive(fpd, &p->fwd, err, "max-pool") || (training && make_primitive(bpd, &p->bwd, err, "max-pool backward")))
+        goto done;
+    p->src = unbound(p->b, &src_md), p->dst = unbound(p->b, &dst_md);
+    p->diff_src = unbound(p->b, &src_md), p->diff_dst = unbound(p->b, &dst_md);
+    if (training) {
+        const dnnl_memory_desc_t *ws = dnnl_primitive_desc_query_md(fpd, dnnl_query_workspace_md, 0);
+        size_t bytes = dnnl_memory_desc_get_size(ws);
+        p->workspace = aligned_alloc(64, (bytes + 63) / 64 * 64 + 64);
+        p->workspace_mem = unbound(p->b, ws);
+        if (!p->workspace || !p->workspace_mem) {
+            moco_fail(err, "out of memory for the max-pool workspace");
+            goto done;
+        }
+    }
+    p->n = n, p->h = h, p->w = w, p->training = training;
+    rc = MOCO_OK;
+done:
+    if (fpd)
+        dnnl_primitive_desc_destroy(fpd);
+    if (bpd)
+        dnnl_primitive_desc_destroy(bpd);
+    if (rc)
+        maxpool_release(p);
+    return rc;
+}
+
+int maxpool_forward(maxpool *p, const float *x, int n, int h, int w, float *y, int training, moco_error *err)
+{
+    if (maxpool_prepare(p, n, h, w, training != 0, err))
+        return MOCO_ERR;
+    dnnl_exec_arg_t args[] = {{DNNL_ARG_SRC, bind(p->src, x)},
+                              {DNNL_ARG_DST, bind(p->dst, y)},
+                              {DNNL_ARG_WORKSPACE, p->workspace_mem ? bind(p->workspace_mem, p->workspace) : NULL}};
+    return execute(p->b, p->fwd, training ? 3 : 2, args, err, "max-pool forward");
+}
+
+int maxpool_backward(maxpool *p, const float *dy, float *dx, moco_error *err)
+{
+    if (!p->n || !p->training)
+        return moco_fail(err, "max-pool backward needs a training forward first");
+    dnnl_exec_arg_t args[] = {{DNNL_ARG_DIFF_DST, bind(p->diff_dst, dy)},
+                              {DNNL_ARG_DIFF_SRC, bind(p->diff_src, dx)},
+                              {DNNL_ARG_WORKSPACE, bind(p->workspace_mem, p->workspace)}};
+    return execute(p->b, p->bwd, 3, args, err, "max-pool backward");
+}
+
+/* ---- element-wise and small ops ---- */
+
+void relu_forward(float *x, size_t count)
+{
+#pragma omp parallel for simd schedule(static)
+    for (size_t i = 0; i < count; i++)
+        x[i] = x[i] > 0 ? x[i] : 0;
+}
+
+void relu_backward(const float *y, float *dy, size_t count)
+{
+#pragma omp parallel for simd schedule(static)
+    for (size_t i = 0; i < count; i++)
+        dy[i] = y[i] > 0 ? dy[i] : 0;
+}
+
+void add_relu_forward(float *y, const float *shortcut, size_t count)
+{
+#pragma omp parallel for simd schedule(static)
+    for (size_t i = 0; i < count; i++) {
+        float v = y[i] + shortcut[i];
+        y[i] = v > 0 ? v : 0;
+    }
+}
+
+void add_inplace(float *y, const float *x, size_t count)
+{
+#pragma omp parallel for simd schedule(static)
+    for (size_t i = 0; i < count; i++)
+        y[i] += x[i];
+}
+
+void avgpool_forward(const float *x, int n, int hw, int c, float *y)
+{
+#pragma omp parallel for schedule(static)
+    for (int i = 0; i < n; i++) {
+        float *out = y + (size_t)i * c;
+        const float *in = x + (size_t)i * hw * c;
+        for (int k = 0; k < c; k++)
+            out[k] = 0;
+        for (int p = 0; p < hw; p++)
+            for (int k = 0; k < c; k++)
+                out[k] += in[(size_t)p * c + k];
+        for (int k = 0; k < c; k++)
+            out[k] /= (float)hw;
+    }
+}
+
+void avgpool_backward(const float *dy, int n, int hw, int c, float *dx)
+{
+#pragma omp parallel for schedule(static)
+    for (int i = 0; i < n; i++)
+        for (int p = 0; p < hw; p++)
+            for (int k = 0; k < c; k++)
+                dx[((size_t)i * hw + p) * c + k] = dy[(size_t)i * c + k] / (float)hw;
+}
+
+void matmul(const float *a, const float *b, float *y, int m, int n, int k, int b_transposed, float alpha)
+{
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, b_transposed ? CblasTrans : CblasNoTrans, m, n, k, alpha, a, k, b,
+                b_transposed ? k : n, 0.0f, y, n);
+}
+
+void linear_forward(const float *x, int n, int in, int out, const float *weight, const float *bias, float *y)
+{
+    matmul(x, weight, y, n, out, in, 1, 1.0f);
+    if (bias)
+        for (int i = 0; i < n; i++)
+            for (int j = 0; j < out; j++)
+                y[(size_t)i * out + j] += bias[j];
+}
+
+void linear_backward(const float *x, const float *dy, int n, int in, int out, const float *weight,
+                     float *dx, float *dweight, float *dbias)
+{
+    /* dW (out,in) = dy^T (out,N) x (N,in) */
+    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, out, in, n, 1.0f, dy, out, x, in, 0.0f, dweight, in);
+    if (dbias)
+        for (int j = 0; j < out; j++) {
+            float s = 0;
+            for (int i = 0; i < n; i++)
+                s += dy[(size_t)i * out + j];
+            dbias[j] = s;
+        }
+    if (dx) /* dx (N,in) = dy (N,out) W (out,in) */
+        matmul(dy, weight, dx, n, in, out, 0, 1.0f);
+}
+
+void l2norm_forward(const float *x, int n, int d, float *y, float *norms)
+{
+    for (int i = 0; i < n; i++) {
+        const float *row = x + (size_t)i * d;
+        double s = 0;
+        for (int j = 0; j < d; j++)
+            s += (double)row[j] * row[j];
+        float norm = (float)sqrt(s);
+        if (norm < 1e-12f)
+            norm = 1e-12f;
+        norms[i] = norm;
+        for (int j = 0; j < d; j++)
+            y[(size_t)i * d + j] = row[j] / norm;
+    }
+}
+
+void l2norm_backward(const float *y, const float *norms, const float *dy, int n, int d, float *dx)
+{
+    for (int i = 0; i < n; i++) {
+        const float *yr = y + (size_t)i * d, *g = dy + (size_t)i * d;
+        double dot = 0;
+        for (int j = 0; j < d; j++)
+            dot += (double)yr[j] * g[j];
+        for (int j = 0; j < d; j++)
+            dx[(size_t)i * d + j] = (float)((g[j] - yr[j] * dot) / norms[i]);
+    }
+}
+
+double softmax_cross_entropy(const float *logits, int n, int c, const int64_t *labels, float *dlogits,
+                             int *top1, int *top5)
+{
+    double total = 0;
+    int hits1 = 0, hits5 = 0;
+#pragma omp parallel for reduction(+ : total, hits1, hits5) schedule(static)
+    for (int i = 0; i < n; i++) {
+        const float *row = logits + (size_t)i * c;
+        int64_t label = labels[i];
+        float mx = row[0];
+        for (int j = 1; j < c; j++)
+            mx = row[j] > mx ? row[j] : mx;
+        double sum = 0;
+        for (int j = 0; j < c; j++)
+            sum += exp((double)row[j] - mx);
+        total += log(sum) + mx - row[label];
+        int above = 0; /* logits at least as large as the label's, other than itself */
+        for (int j = 0; j < c; j++)
+            above += j != label && row[j] >= row[label];
+        hits1 += above < 1;
+        hits5 += above < 5;
+        if (dlogits)
+            for (int j = 0; j < c; j++)
+                dlogits[(size_t)i * c + j] = (float)((exp((double)row[j] - mx) / sum - (j == label)) / n);
+    }
+    if (top1)
+        *top1 = hits1;
+    if (top5)
+        *top5 = hits5;
+    return total / n;
+}

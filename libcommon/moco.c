@@ -1,0 +1,182 @@
+/* moco.c — the MoCo v2 step (see moco.h). */
+#include "moco.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "rng.h"
+
+void moco_destroy(moco *m)
+{
+    if (!m)
+        return;
+    resnet_destroy(m->q);
+    resnet_destroy(m->k);
+    float *bufs[] = {m->queue, m->q_norm, m->q_len, m->k_norm, m->k_len, m->k_slots, m->im_k_grouped,
+                     m->negatives, m->logits, m->d_logits, m->d_q, m->d_z};
+    for (size_t i = 0; i < sizeof bufs / sizeof *bufs; i++)
+        free(bufs[i]);
+    free(m->zero_labels);
+    free(m);
+}
+
+moco *moco_create(backend *b, const resnet_config *encoder, const moco_config *cfg, moco_error *err)
+{
+    if (encoder->head == RESNET_HEAD_NONE) {
+        moco_fail(err, "MoCo needs an encoder with a head (fc or MLP) giving the key dimension");
+        return NULL;
+    }
+    if (cfg->queue_size < 1 || cfg->bn_groups < 1 || !(cfg->temperature > 0) || !(cfg->key_momentum >= 0) ||
+        !(cfg->key_momentum <= 1)) {
+        moco_fail(err, "MoCo settings out of range: queue %d, BN groups %d, temperature %g, key momentum %g",
+                  cfg->queue_size, cfg->bn_groups, cfg->temperature, cfg->key_momentum);
+        return NULL;
+    }
+    moco *m = calloc(1, sizeof *m);
+    if (!m) {
+        moco_fail(err, "out of memory");
+        return NULL;
+    }
+    m->cfg = *cfg;
+    m->dim = encoder->out_dim;
+    if (!(m->q = resnet_create(b, encoder, 1, err)) || !(m->k = resnet_create(b, encoder, 0, err))) {
+        moco_destroy(m);
+        return NULL;
+    }
+    if (!(m->queue = malloc(sizeof(float) * cfg->queue_size * m->dim))) {
+        moco_fail(err, "out of memory for a queue of %d keys", cfg->queue_size);
+        moco_destroy(m);
+        return NULL;
+    }
+    moco_init(m, 0);
+    return m;
+}
+
+void moco_init(moco *m, uint64_t seed)
+{
+    resnet_init(m->q, seed);
+    resnet_copy(m->k, m->q);
+    for (int j = 0; j < m->cfg.queue_size; j++) {
+        rng r;
+        rng_init(&r, seed, 1, (uint64_t)j, 1); /* epoch 1, view 1: apart from resnet_init's streams */
+        float *key = m->queue + (size_t)j * m->dim;
+        double s = 0;
+        for (int i = 0; i < m->dim; i++) {
+            key[i] = (float)rng_normal(&r);
+            s += (double)key[i] * key[i];
+        }
+        float len = (float)fmax(sqrt(s), 1e-12);
+        for (int i = 0; i < m->dim; i++)
+            key[i] /= len;
+    }
+    m->queue_ptr = 0;
+}
+
+void moco_permutation(int n, uint64_t seed, int64_t step, int64_t *perm)
+{
+    rng r;
+    rng_init(&r, seed, 0xFFFFFFFFu, (uint64_t)step, 2); /* a stream of its own, keyed by the step */
+    for (int i = 0; i < n; i++)
+        perm[i] = i;
+    for (int i = n - 1; i > 0; i--) {
+        int j = (int)rng_below(&r, (uint32_t)i + 1);
+        int64_t t = perm[i];
+        perm[i] = perm[j], perm[j] = t;
+    }
+}
+
+void moco_momentum_update(moco *m)
+{
+    /* as torch._foreach_mul_(k, m) then _foreach_add_(k, q, alpha=1-m), scalars in float */
+    float mf = (float)m->cfg.key_momentum, af = (float)(1.0 - m->cfg.key_momentum);
+    float *k = m->k->param;
+    const float *q = m->q->param;
+    size_t count = m->q->param_count;
+#pragma omp parallel for simd schedule(static)
+    for (size_t i = 0; i < count; i++)
+        k[i] = k[i] * mf + af * q[i];
+}
+
+static int reserve(moco *m, int n, int h, int w, int c, moco_error *err)
+{
+    if (n <= m->capacity)
+        return MOCO_OK;
+    size_t K = m->cfg.queue_size, d = m->dim, view = (size_t)h * w * c;
+    float **bufs[] = {&m->q_norm, &m->k_norm, &m->k_slots, &m->d_q, &m->d_z, &m->q_len, &m->k_len,
+                      &m->im_k_grouped, &m->negatives, &m->logits, &m->d_logits};
+    size_t sizes[] = {n * d, n * d, n * d, n * d, n * d, n, n, n * view, n * K, n * (K + 1), n * (K + 1)};
+    for (size_t i = 0; i < sizeof bufs / sizeof *bufs; i++) {
+        free(*bufs[i]);
+        if (!(*bufs[i] = malloc(sizeof(float) * sizes[i])))
+            return moco_fail(err, "out of memory for a MoCo step of %d pairs", n);
+    }
+    free(m->zero_labels);
+    if (!(m->zero_labels = calloc(n, sizeof(int64_t))))
+        return moco_fail(err, "out of memory");
+    m->capacity = n;
+    return MOCO_OK;
+}
+
+int moco_step(moco *m, const float *im_q, const float *im_k, int n, int h, int w, const int64_t *perm,
+              moco_result *result, moco_error *err)
+{
+    int G = m->cfg.bn_groups, d = m->dim, K = m->cfg.queue_size, c = m->q->cfg.in_channels;
+    if (n % G)
+        return moco_fail(err, "a batch of %d pairs does not split into %d key BN groups", n, G);
+    if (reserve(m, n, h, w, c, err))
+        return MOCO_ERR;
+    /* query */
+    if (resnet_forward(m->q, im_q, n, h, w, 1, 1, err))
+        return moco_prefix(err, "query encoder");
+    l2norm_forward(m->q->output, n, d, m->q_norm, m->q_len);
+    /* key: momentum update, then the permuted batch laid out group by group */
+    moco_momentum_update(m);
+    size_t view = (size_t)h * w * c;
+    int per_group = n / G;
+    for (int i = 0; i < n; i++) {
+        int slot = (i % G) * per_group + i / G;
+        memcpy(m->im_k_grouped + slot * view, im_k + perm[i] * view, sizeof(float) * view);
+    }
+    if (resnet_forward(m->k, m->im_k_grouped, n, h, w, 1, G, err))
+        return moco_prefix(err, "key encoder");
+    l2norm_forward(m->k->output, n, d, m->k_slots, m->k_len);
+    for (int i = 0; i < n; i++) {
+        int slot = (i % G) * per_group + i / G;
+        memcpy(m->k_norm + perm[i] * d, m->k_slots + (size_t)slot * d, sizeof(float) * d);
+    }
+    /* logits: [q.k, q queue^T] / tau */
+    matmul(m->q_norm, m->queue, m->negatives, n, K, d, 1, 1.0f);
+    float tau = (float)m->cfg.temperature;
+    for (int i = 0; i < n; i++) {
+        float *row = m->logits + (size_t)i * (K + 1);
+        float pos = 0;
+        for (int j = 0; j < d; j++)
+            pos += m->q_norm[i * d + j] * m->k_norm[i * d + j];
+        row[0] = pos / tau;
+        const float *neg = m->negatives + (size_t)i * K;
+        for (int j = 0; j < K; j++)
+            row[j + 1] = neg[j] / tau;
+    }
+    result->loss = softmax_cross_entropy(m->logits, n, K + 1, m->zero_labels, m->d_logits, &result->top1, &result->top5);
+    /* d q = (d l_pos k + d l_neg queue) / tau, then through the normalisation into the encoder */
+    for (int i = 0; i < n; i++) {
+        const float *row = m->d_logits + (size_t)i * (K + 1);
+        memcpy(m->negatives + (size_t)i * K, row + 1, sizeof(float) * K);
+    }
+    matmul(m->negatives, m->queue, m->d_q, n, d, K, 0, 1.0f / tau);
+    for (int i = 0; i < n; i++) {
+        float dpos = m->d_logits[(size_t)i * (K + 1)] / tau;
+        for (int j = 0; j < d; j++)
+            m->d_q[i * d + j] += dpos * m->k_norm[i * d + j];
+    }
+    l2norm_backward(m->q_norm, m->q_len, m->d_q, n, d, m->d_z);
+    if (resnet_backward(m->q, m->d_z, err))
+        return moco_prefix(err, "query encoder backward");
+    /* enqueue the keys (the queue wraps around when K is not a multiple of the batch) */
+    for (int i = 0; i < n; i++) {
+        memcpy(m->queue + (size_t)m->queue_ptr * d, m->k_norm + (size_t)i * d, sizeof(float) * d);
+        m->queue_ptr = (m->queue_ptr + 1) % K;
+    }
+    return MOCO_OK;
+}
