@@ -135,3 +135,28 @@ PY
 else
     echo "augment: skipped (Debian's python3-torchvision not installed)"
 fi
+
+# MoCo step on the CPU backend beside ../shared/peers/moco_torch.py --device cpu: the same model,
+# batch, queue and threads, random u8 pairs normalised inside the step (as the peer does by default).
+# Peak memory: each process's maximum resident size (the peer's through tests/bench/peak_rss.py).
+echo
+if /usr/bin/python3 -c 'import torch, torchvision' 2>/dev/null; then
+    steps=${BENCH_STEPS:-8}
+    echo "MoCo v2 step, CPU, $cores threads, median of $steps steps after 2 warm-up steps"
+    printf "%-58s %9s %9s %8s %10s %10s\n" "" "ours" "PyTorch" "ratio" "ours MiB" "peer MiB"
+    step_row() { # label flags...
+        label=$1; shift
+        o=$("$build/bench/moco_step_bench" "$@" --threads "$cores" --warmup 2 --steps "$steps")
+        p=$(/usr/bin/python3 "$top/tests/bench/peak_rss.py" "$top/../shared/peers/moco_torch.py" --device cpu \
+            "$@" --threads "$cores" --warmup 2 --steps "$steps" | tail -n 1)
+        get() { echo "$2" | sed -n "s/.*\"$1\": *\([0-9.]*\).*/\1/p"; }
+        op=$(get pairs_per_s "$o"); pp=$(get pairs_per_s "$p")
+        printf "%-58s %9s %9s %8s %10s %10s\n" "$label" "$op" "$pp" "$(ratio "$op" "$pp")" \
+            "$(get peak_rss_mib "$o")" "$(get peak_rss_mib "$p")"
+    }
+    step_row "ResNet-18 CIFAR stem, 32 px, batch 64, K 65536 (pairs/s)" --arch resnet18 --cifar-stem --size 32 --batch 64
+    step_row "demo: width 16, 28 px grey, batch 256, K 4096, G 4" --arch resnet18 --cifar-stem --width 16 \
+        --in-channels 1 --size 28 --batch 256 --K 4096 --m 0.99 --bn-groups 4
+else
+    echo "MoCo step: skipped (Debian's python3-torch not installed)"
+fi
