@@ -30,6 +30,7 @@ static const char usage[] =
     "  --size N             output side (default 224)\n"
     "  --views N            views per image (default 2; 1 for lincls and eval)\n"
     "  --epochs E           passes over the data, each in a fresh order (default 1)\n"
+    "  --first-epoch E      start at epoch E (0-based) of the E passes: resuming a run\n"
     "  --seed S             seed of every random choice (default 0)\n"
     "  --shuffle-buffer N   samples mixed across shards (default 1000; 1 keeps shard order)\n"
     "  --part I/N           read only shards k with k mod N = I (one rank of N)\n"
@@ -158,7 +159,7 @@ int main(int argc, char **argv)
     cli_init("moco-augment");
     enum { O_RECIPE = 256, O_SIZE, O_VIEWS, O_EPOCHS, O_SEED, O_BUFFER, O_PART, O_THREADS, O_SCALE, O_RATIO,
            O_JITTER, O_JITTER_P, O_GRAY, O_BLUR, O_BLUR_SIGMA, O_FLIP, O_RESIZE, O_EXACT, O_LEVEL, O_ZERO_COPY,
-           O_STRICT, O_HELP, O_VERSION };
+           O_STRICT, O_FIRST_EPOCH, O_HELP, O_VERSION };
     static const struct option options[] = {
         {"recipe", required_argument, 0, O_RECIPE}, {"size", required_argument, 0, O_SIZE},
         {"views", required_argument, 0, O_VIEWS}, {"epochs", required_argument, 0, O_EPOCHS},
@@ -171,6 +172,7 @@ int main(int argc, char **argv)
         {"resize", required_argument, 0, O_RESIZE}, {"exact", no_argument, 0, O_EXACT},
         {"out", required_argument, 0, 'o'}, {"level", required_argument, 0, O_LEVEL},
         {"zero-copy", no_argument, 0, O_ZERO_COPY}, {"strict", no_argument, 0, O_STRICT},
+        {"first-epoch", required_argument, 0, O_FIRST_EPOCH},
         {"quiet", no_argument, 0, 'q'}, {"help", no_argument, 0, O_HELP}, {"version", no_argument, 0, O_VERSION},
         {0, 0, 0, 0},
     };
@@ -191,7 +193,7 @@ int main(int argc, char **argv)
         return cli_usage_error("--recipe: %s", err.msg);
     augment_recipe *rc = &r.recipe;
     int64_t views = rc->eval || !strcmp(recipe_name, "lincls") ? 1 : 2, epochs = 1, seed = 0, buffer = 1000;
-    int64_t threads = cli_default_threads(), level = -1000, resize = 0;
+    int64_t threads = cli_default_threads(), level = -1000, resize = 0, first_epoch = 0;
     int part = 0, parts = 1, zero_copy = 0, quiet = 0, status = 0;
     const char *out_path = NULL;
     double pair[2], p;
@@ -200,6 +202,7 @@ int main(int argc, char **argv)
         case O_RECIPE: case O_SIZE: break;
         case O_VIEWS: status = cli_int("--views", optarg, 1, 16, &views); break;
         case O_EPOCHS: status = cli_int("--epochs", optarg, 1, 1000000, &epochs); break;
+        case O_FIRST_EPOCH: status = cli_int("--first-epoch", optarg, 0, 999999, &first_epoch); break;
         case O_SEED: status = cli_int("--seed", optarg, 0, INT64_MAX, &seed); break;
         case O_BUFFER: status = cli_int("--shuffle-buffer", optarg, 1, 10000000, &buffer); break;
         case O_PART: status = cli_part("--part", optarg, &part, &parts); break;
@@ -240,6 +243,8 @@ int main(int argc, char **argv)
         return status;
     if (optind == argc)
         return cli_usage_error("no shards given");
+    if (first_epoch >= epochs)
+        return cli_usage_error("--first-epoch %lld: the run has only %lld epochs", (long long)first_epoch, (long long)epochs);
     if (resize) {
         if (!rc->eval)
             return cli_usage_error("--resize is for --recipe eval");
@@ -271,6 +276,7 @@ int main(int argc, char **argv)
     stream_header_set_int(h, "views", r.views);
     stream_header_set_int(h, "samples", shard_source_samples(src)); /* per epoch, this part */
     stream_header_set_int(h, "epochs", epochs);
+    stream_header_set_int(h, "first_epoch", first_epoch);
     stream_header_set_int(h, "seed", seed);
     stream_header_set_int(h, "part", part);
     stream_header_set_int(h, "parts", parts);
@@ -292,9 +298,9 @@ int main(int argc, char **argv)
     }
     int chunk = (int)(threads * 8 < 1024 ? threads * 8 : 1024);
     job *jobs = calloc((size_t)chunk, sizeof *jobs);
-    progress *prog = progress_start("moco-augment", shard_source_samples(src) * epochs, quiet);
+    progress *prog = progress_start("moco-augment", shard_source_samples(src) * (epochs - first_epoch), quiet);
     int rcode = jobs ? MOCO_OK : moco_fail(&err, "out of memory");
-    for (int epoch = 0; epoch < epochs && !rcode; epoch++) {
+    for (int epoch = (int)first_epoch; epoch < epochs && !rcode; epoch++) {
         rcode = shard_source_begin_epoch(src, (uint64_t)seed, epoch, (int)buffer, &err);
         int n = 0;
         while (!rcode) {

@@ -1,0 +1,57 @@
+/* batcher.h — a stream of u8 views in, normalised float batches out, read ahead by a thread.
+ *
+ * Training must never wait for the pipe when it need not: a reader thread takes records from the
+ * stream (moco-augment's "views" records: u8 (V,S,S,C), label, sample id), converts each view to
+ * float ((x / 255 - mean) / std per channel, by a lookup table), and fills batches in a ring of
+ * three; the consumer takes a batch, computes, and hands it back. The time the consumer spends
+ * waiting is counted, so a tool can report the share of time spent waiting for data.
+ *
+ * Layout: views[v] is (N,S,S,C) f32 for view v. A batch is valid from batcher_next until
+ * batcher_release. The batcher owns the reader it is given. */
+#ifndef MOCO_BATCHER_H
+#define MOCO_BATCHER_H
+#include <signal.h>
+#include <stdint.h>
+#include "error.h"
+#include "stream.h"
+
+enum { BATCHER_MAX_VIEWS = 4 };
+
+typedef struct {
+    int batch;           /* samples per batch */
+    int views;           /* views used per record (the first `views` of each) */
+    int size, channels;  /* every record must have these */
+    double mean[3], std[3];
+    int64_t skip;        /* records to read and drop first (a resumed run) */
+    int keep_last;       /* deliver a final partial batch (extraction); training drops it */
+    int strict;          /* a damaged record stops the stream instead of being skipped */
+    /* when not NULL and set (by a signal handler), a waiting batcher_next returns BATCHER_INTERRUPTED */
+    const volatile sig_atomic_t *interrupt;
+} batcher_options;
+
+enum { BATCHER_INTERRUPTED = 2 };
+
+typedef struct {
+    int n;
+    float *views[BATCHER_MAX_VIEWS];
+    int64_t *labels, *sample_ids;
+} batch;
+
+typedef struct batcher batcher;
+
+/* Start reading `in` (named `name` in messages) on a thread. NULL and err on failure. */
+batcher *batcher_open(stream_reader *in, const char *name, const batcher_options *opt, moco_error *err);
+/* 1 and the next batch; 0 at the end of the stream; MOCO_ERR with the file and record in err;
+ * BATCHER_INTERRUPTED when opt.interrupt was set while waiting. Adds the seconds spent waiting to
+ * *waited (may be NULL). */
+int batcher_next(batcher *b, batch *out, double *waited, moco_error *err);
+/* Hand the batch from batcher_next back. */
+void batcher_release(batcher *b);
+/* Records read (skipped ones included) and damaged records passed over; the first damage message. */
+int64_t batcher_records(const batcher *b);
+int64_t batcher_damaged(const batcher *b, const char **first_message);
+/* Stop the thread (cancelled if it is blocked reading: the producer may never write again), close
+ * the reader, free everything. */
+void batcher_close(batcher *b);
+
+#endif

@@ -1,0 +1,448 @@
+/* moco-pretrain — MoCo v2 pretraining on a stream of view pairs: the stage users leave running.
+ *
+ * Wiring: options -> encoder and MoCo settings (moco.h), a batcher reading the pairs ahead on a
+ * thread (batcher.h), SGD and the schedule (optim.h), checkpoints (checkpoint.h), JSON-lines metrics.
+ * Steps follow the input in order: step s takes records [s*B, (s+1)*B) of the run, epoch = s / (samples
+ * per epoch / B), so a resumed run skips exactly the records already trained on. */
+#include <errno.h>
+#include <getopt.h>
+#include <math.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "batcher.h"
+#include "checkpoint.h"
+#include "cli.h"
+#include "metrics.h"
+#include "moco.h"
+#include "optim.h"
+#include "progress.h"
+
+static const char usage[] =
+    "Usage: moco-pretrain [OPTION]... --out DIR [STREAM]...\n"
+    "Train a MoCo encoder on a stream of view pairs (moco-augment's output; standard input when no\n"
+    "STREAM is given). Checkpoints go to DIR/ckpt-EEEE.tsz and DIR/last.tsz.\n"
+    "\n"
+    "Model (defaults: --recipe v2, DESIGN's MoCo v2):\n"
+    "  --recipe v2|v1        v2: MLP head, tau 0.2, cosine; v1: no MLP, tau 0.07, step at 120,160\n"
+    "  --arch NAME           resnet18, resnet34 or resnet50 (default resnet50)\n"
+    "  --width N             base width (default 64); --cifar-stem: 3x3 stride-1 stem, no max-pool\n"
+    "  --in-channels N       input channels (default: the stream's)\n"
+    "  --dim N               key dimension (default 128); --mlp / --no-mlp\n"
+    "  --queue K             queue length (default 65536)\n"
+    "  --momentum-key M      key encoder momentum (default 0.999)\n"
+    "  --temperature T       InfoNCE temperature (default 0.2; v1 0.07)\n"
+    "  --bn-groups G         key batch-norm groups, shuffle-BN on one device (default 8)\n"
+    "Optimisation:\n"
+    "  --batch N             pairs per step (default 256)\n"
+    "  --lr LR               base rate for batch 256 (default 0.03), scaled by batch/256 unless --no-lr-scale\n"
+    "  --wd W                weight decay (default 1e-4); --momentum M SGD momentum (default 0.9)\n"
+    "  --schedule cos|step   (default cos; v1 step); --milestones E,E (default 120,160); --warmup-epochs E\n"
+    "  --epochs E            (default: the stream header's epochs, else 200)\n"
+    "  --max-steps N         stop after N steps in all (short runs, tests)\n"
+    "Run:\n"
+    "  --out DIR             checkpoints (required); --save-every E epochs (default 10; 0: at the end only)\n"
+    "  --resume PATH         continue from a checkpoint file, or DIR/last.tsz when PATH is a folder\n"
+    "  --log FILE            JSON-lines metrics (appended); --log-every N steps (default 10)\n"
+    "  --seed S              seed of the initialisation and of each step's key permutation (default 0)\n"
+    "  --threads N           compute threads (default: all cores); --device cpu\n"
+    "  --mean M,M,M --std S,S,S   normalisation (default: the stream header's)\n"
+    "  -q, --quiet           no progress bar or per-epoch lines\n"
+    "      --help, --version\n"
+    "\n"
+    "Examples:\n"
+    "  moco-augment --epochs 200 shards/ | moco-pretrain --epochs 200 --out run/\n"
+    "  moco-augment --size 28 --scale 0.2,1 --jitter 0.4,0.4,0,0 --grayscale 0 --blur 0 --epochs 100 fmnist/ |\n"
+    "    moco-pretrain --arch resnet18 --cifar-stem --width 16 --dim 128 --queue 4096 --momentum-key 0.99 \\\n"
+    "      --bn-groups 4 --lr 0.06 --wd 5e-4 --out run/\n"
+    "Exit status: 0 done, 1 failure (a NaN loss, bad input, a failed save), 2 usage error,\n"
+    "130/143 stopped by SIGINT/SIGTERM after saving DIR/last.tsz.\n";
+
+static volatile sig_atomic_t stop_signal;
+static void on_signal(int sig) { stop_signal = sig; }
+
+typedef struct {
+    resnet_config enc;
+    moco_config moco;
+    int64_t batch, epochs, max_steps, save_every, log_every, seed, threads;
+    double lr, wd, momentum, warmup;
+    int lr_scale, quiet;
+    lr_schedule sched;
+    const char *out, *resume, *log, *milestones;
+    double mean[3], std[3];
+    int have_mean, have_std;
+} settings;
+
+static int parse_triple(const char *opt, const char *s, double lo, double out[3])
+{
+    char *end;
+    const char *p = s;
+    for (int i = 0; i < 3; i++) {
+        out[i] = strtod(p, &end);
+        if (end == p || !(out[i] > lo) || (i < 2 && *end != ',') || (i == 2 && *end))
+            return cli_usage_error("%s: '%s' is not three numbers a,b,c (each > %g)", opt, s, lo);
+        p = end + 1;
+    }
+    return 0;
+}
+
+/* Path of a checkpoint to resume from: a file, or DIR/last.tsz. */
+static const char *resume_path(const char *p, char *buf, size_t len)
+{
+    struct stat st;
+    if (stat(p, &st) == 0 && S_ISDIR(st.st_mode)) {
+        snprintf(buf, len, "%s/last.tsz", p);
+        return buf;
+    }
+    return p;
+}
+
+/* The header every checkpoint of this run carries, with the position at `step`. */
+static stream_header *run_header(int argc, char **argv, const settings *s, int64_t step, int64_t steps_per_epoch,
+                                 int64_t consumed, int size)
+{
+    stream_header *h = stream_header_new("checkpoint", "moco-pretrain " MOCO_VERSION);
+    stream_header_set_args(h, argc, argv);
+    stream_header_set_int(h, "step", step);
+    stream_header_set_int(h, "steps_per_epoch", steps_per_epoch);
+    stream_header_set_real(h, "epoch", (double)step / steps_per_epoch);
+    stream_header_set_int(h, "samples_consumed", consumed);
+    stream_header_set_int(h, "epochs", s->epochs);
+    stream_header_set_int(h, "batch", s->batch);
+    stream_header_set_int(h, "seed", s->seed);
+    stream_header_set_int(h, "size", size);
+    stream_header_set_real(h, "lr", s->sched.base_lr);
+    stream_header_set_real(h, "weight_decay", s->wd);
+    stream_header_set_real(h, "momentum", s->momentum);
+    stream_header_set_str(h, "schedule", s->sched.kind == SCHEDULE_COS ? "cos" : "step");
+    stream_header_set_reals(h, "mean", 3, s->mean);
+    stream_header_set_reals(h, "std", 3, s->std);
+    return h;
+}
+
+/* Save DIR/ckpt-EEEE.tsz (epoch_file > 0) and DIR/last.tsz (a hard link to it when possible). */
+static int save(const settings *s, stream_header *h, const moco *m, const sgd *opt, int64_t epoch_file,
+                moco_error *err)
+{
+    char last[4096], ckpt[4096], tmp[4200];
+    snprintf(last, sizeof last, "%s/last.tsz", s->out);
+    if (epoch_file <= 0)
+        return checkpoint_save(last, h, m, opt, err);
+    snprintf(ckpt, sizeof ckpt, "%s/ckpt-%04lld.tsz", s->out, (long long)epoch_file);
+    if (checkpoint_save(ckpt, h, m, opt, err))
+        return MOCO_ERR;
+    snprintf(tmp, sizeof tmp, "%s.tmp.%ld", last, (long)getpid());
+    unlink(tmp);
+    if (link(ckpt, tmp) == 0 && rename(tmp, last) == 0)
+        return MOCO_OK;
+    unlink(tmp);
+    return checkpoint_save(last, h, m, opt, err); /* a file system without hard links */
+}
+
+int main(int argc, char **argv)
+{
+    cli_init("moco-pretrain");
+    enum { O_RECIPE = 256, O_ARCH, O_WIDTH, O_CIFAR, O_INC, O_DIM, O_MLP, O_NO_MLP, O_QUEUE, O_MKEY, O_TEMP,
+           O_GROUPS, O_BATCH, O_LR, O_NO_LR_SCALE, O_WD, O_MOM, O_SCHED, O_MILESTONES, O_WARMUP, O_EPOCHS,
+           O_MAX_STEPS, O_SAVE_EVERY, O_RESUME, O_LOG, O_LOG_EVERY, O_SEED, O_THREADS, O_DEVICE, O_MEAN, O_STD,
+           O_HELP, O_VERSION };
+    static const struct option options[] = {
+        {"recipe", required_argument, 0, O_RECIPE}, {"arch", required_argument, 0, O_ARCH},
+        {"width", required_argument, 0, O_WIDTH}, {"cifar-stem", no_argument, 0, O_CIFAR},
+        {"in-channels", required_argument, 0, O_INC}, {"dim", required_argument, 0, O_DIM},
+        {"mlp", no_argument, 0, O_MLP}, {"no-mlp", no_argument, 0, O_NO_MLP},
+        {"queue", required_argument, 0, O_QUEUE}, {"momentum-key", required_argument, 0, O_MKEY},
+        {"temperature", required_argument, 0, O_TEMP}, {"bn-groups", required_argument, 0, O_GROUPS},
+        {"batch", required_argument, 0, O_BATCH}, {"lr", required_argument, 0, O_LR},
+        {"no-lr-scale", no_argument, 0, O_NO_LR_SCALE}, {"wd", required_argument, 0, O_WD},
+        {"momentum", required_argument, 0, O_MOM}, {"schedule", required_argument, 0, O_SCHED},
+        {"milestones", required_argument, 0, O_MILESTONES}, {"warmup-epochs", required_argument, 0, O_WARMUP},
+        {"epochs", required_argument, 0, O_EPOCHS}, {"max-steps", required_argument, 0, O_MAX_STEPS},
+        {"out", required_argument, 0, 'o'}, {"save-every", required_argument, 0, O_SAVE_EVERY},
+        {"resume", required_argument, 0, O_RESUME}, {"log", required_argument, 0, O_LOG},
+        {"log-every", required_argument, 0, O_LOG_EVERY}, {"seed", required_argument, 0, O_SEED},
+        {"threads", required_argument, 0, O_THREADS}, {"device", required_argument, 0, O_DEVICE},
+        {"mean", required_argument, 0, O_MEAN}, {"std", required_argument, 0, O_STD},
+        {"quiet", no_argument, 0, 'q'}, {"help", no_argument, 0, O_HELP}, {"version", no_argument, 0, O_VERSION},
+        {0, 0, 0, 0},
+    };
+    /* the recipe first: it sets the defaults the other options change */
+    int v1 = 0;
+    for (int i = 1; i < argc; i++) {
+        const char *r = !strcmp(argv[i], "--recipe") && i + 1 < argc ? argv[i + 1]
+                        : !strncmp(argv[i], "--recipe=", 9)       ? argv[i] + 9
+                                                                  : NULL;
+        if (r && strcmp(r, "v1") && strcmp(r, "v2"))
+            return cli_usage_error("--recipe: '%s' is not v1 or v2", r);
+        if (r)
+            v1 = !strcmp(r, "v1");
+    }
+    settings s = {
+        .enc = {.depth = 50, .width = 64, .in_channels = 0, .head = v1 ? RESNET_HEAD_LINEAR : RESNET_HEAD_MLP, .out_dim = 128},
+        .moco = {.queue_size = 65536, .key_momentum = 0.999, .temperature = v1 ? 0.07 : 0.2, .bn_groups = 8},
+        .batch = 256, .epochs = 0, .max_steps = 0, .save_every = 10, .log_every = 10, .seed = 0,
+        .threads = cli_default_threads(), .lr = 0.03, .wd = 1e-4, .momentum = 0.9, .lr_scale = 1,
+        .sched = {.kind = v1 ? SCHEDULE_STEP : SCHEDULE_COS, .gamma = 0.1},
+        .milestones = "120,160",
+    };
+    int64_t v, c, status = 0;
+    moco_error err = {{0}};
+    while ((c = getopt_long(argc, argv, "o:q", options, NULL)) != -1 && !status) {
+        switch (c) {
+        case O_RECIPE: break;
+        case O_ARCH:
+            if (!(s.enc.depth = resnet_depth_from_name(optarg)))
+                status = cli_usage_error("--arch: '%s' is not resnet18, resnet34 or resnet50", optarg);
+            break;
+        case O_WIDTH: status = cli_int("--width", optarg, 1, 1024, &v); s.enc.width = (int)v; break;
+        case O_CIFAR: s.enc.cifar_stem = 1; break;
+        case O_INC: status = cli_int("--in-channels", optarg, 1, 3, &v); s.enc.in_channels = (int)v; break;
+        case O_DIM: status = cli_int("--dim", optarg, 1, 65536, &v); s.enc.out_dim = (int)v; break;
+        case O_MLP: s.enc.head = RESNET_HEAD_MLP; break;
+        case O_NO_MLP: s.enc.head = RESNET_HEAD_LINEAR; break;
+        case O_QUEUE: status = cli_int("--queue", optarg, 1, 1 << 24, &v); s.moco.queue_size = (int)v; break;
+        case O_MKEY: status = cli_real("--momentum-key", optarg, 0, 1, &s.moco.key_momentum); break;
+        case O_TEMP: status = cli_real("--temperature", optarg, 1e-4, 100, &s.moco.temperature); break;
+        case O_GROUPS: status = cli_int("--bn-groups", optarg, 1, 4096, &v); s.moco.bn_groups = (int)v; break;
+        case O_BATCH: status = cli_int("--batch", optarg, 2, 1 << 20, &s.batch); break;
+        case O_LR: status = cli_real("--lr", optarg, 0, 1e6, &s.lr); break;
+        case O_NO_LR_SCALE: s.lr_scale = 0; break;
+        case O_WD: status = cli_real("--wd", optarg, 0, 1, &s.wd); break;
+        case O_MOM: status = cli_real("--momentum", optarg, 0, 1, &s.momentum); break;
+        case O_SCHED:
+            if ((int)(s.sched.kind = schedule_kind_from_name(optarg)) < 0)
+                status = cli_usage_error("--schedule: '%s' is not cos, step or constant", optarg);
+            break;
+        case O_MILESTONES: s.milestones = optarg; break;
+        case O_WARMUP: status = cli_real("--warmup-epochs", optarg, 0, 1e6, &s.warmup); break;
+        case O_EPOCHS: status = cli_int("--epochs", optarg, 1, 1000000, &s.epochs); break;
+        case O_MAX_STEPS: status = cli_int("--max-steps", optarg, 1, INT64_MAX, &s.max_steps); break;
+        case 'o': s.out = optarg; break;
+        case O_SAVE_EVERY: status = cli_int("--save-every", optarg, 0, 1000000, &s.save_every); break;
+        case O_RESUME: s.resume = optarg; break;
+        case O_LOG: s.log = optarg; break;
+        case O_LOG_EVERY: status = cli_int("--log-every", optarg, 1, 1000000, &s.log_every); break;
+        case O_SEED: status = cli_int("--seed", optarg, 0, INT64_MAX, &s.seed); break;
+        case O_THREADS: status = cli_int("--threads", optarg, 1, 4096, &s.threads); break;
+        case O_DEVICE:
+            if (strcmp(optarg, "cpu"))
+                return cli_usage_error("--device %s: this build has the CPU backend only (--device cpu)", optarg);
+            break;
+        case O_MEAN: status = parse_triple("--mean", optarg, -1e9, s.mean); s.have_mean = 1; break;
+        case O_STD: status = parse_triple("--std", optarg, 0, s.std); s.have_std = 1; break;
+        case 'q': s.quiet = 1; break;
+        case O_HELP: fputs(usage, stdout); return 0;
+        case O_VERSION: return cli_version();
+        default: return cli_usage_error("unknown option");
+        }
+    }
+    if (status)
+        return (int)status;
+    if (!s.out)
+        return cli_usage_error("--out DIR is required (checkpoints go there)");
+    if (schedule_parse_milestones(&s.sched, s.milestones, &err))
+        return cli_usage_error("--milestones: %s", err.msg);
+    if (s.batch % s.moco.bn_groups)
+        return cli_usage_error("--batch %lld does not split into --bn-groups %d", (long long)s.batch, s.moco.bn_groups);
+    if (argc - optind > 1)
+        return cli_usage_error("one input stream at most (concatenate files with cat)");
+    const char *in_path = optind < argc ? argv[optind] : "-";
+
+    /* the input's header says what the views are and how many make an epoch */
+    stream_reader *in = stream_reader_open(in_path, NULL, &err);
+    if (!in)
+        return cli_error("%s", err.msg);
+    stream_grow_pipe(STDIN_FILENO);
+    const stream_header *ih = stream_reader_header(in);
+    const char *name = strcmp(in_path, "-") ? in_path : "standard input";
+    if (strcmp(stream_header_kind(ih), "views")) {
+        cli_error("%s: a \"%s\" stream; moco-pretrain reads view pairs from moco-augment", name, stream_header_kind(ih));
+        stream_reader_close(in);
+        return 1;
+    }
+    int views = (int)stream_header_get_int(ih, "views", 0), size = (int)stream_header_get_int(ih, "size", 0);
+    int channels = (int)stream_header_get_int(ih, "channels", 3);
+    int64_t samples = stream_header_get_int(ih, "samples", 0), first_epoch = stream_header_get_int(ih, "first_epoch", 0);
+    if (views < 2) {
+        stream_reader_close(in);
+        return cli_error("%s: %d view(s) per sample; MoCo needs pairs (moco-augment --recipe v2 or v1)", name, views);
+    }
+    if (!s.enc.in_channels)
+        s.enc.in_channels = channels;
+    if (s.enc.in_channels != channels) {
+        stream_reader_close(in);
+        return cli_error("%s: views have %d channel(s), the encoder takes %d", name, channels, s.enc.in_channels);
+    }
+    if (!s.epochs)
+        s.epochs = stream_header_get_int(ih, "epochs", 200);
+    if (!s.have_mean && !stream_header_get_reals(ih, "mean", 3, s.mean))
+        s.mean[0] = 0.485, s.mean[1] = 0.456, s.mean[2] = 0.406;
+    if (!s.have_std && !stream_header_get_reals(ih, "std", 3, s.std))
+        s.std[0] = 0.229, s.std[1] = 0.224, s.std[2] = 0.225;
+    if (samples < s.batch) {
+        stream_reader_close(in);
+        return cli_error("%s: %lld samples per epoch, fewer than one batch of %lld (header \"samples\")", name,
+                         (long long)samples, (long long)s.batch);
+    }
+    int64_t steps_per_epoch = samples / s.batch, total_steps = steps_per_epoch * s.epochs;
+    if (s.max_steps && s.max_steps < total_steps)
+        total_steps = s.max_steps;
+    s.sched.base_lr = s.lr * (s.lr_scale ? s.batch / 256.0 : 1.0);
+    s.sched.epochs = (int)s.epochs;
+    s.sched.warmup_epochs = s.warmup;
+
+    /* the model: fresh, or as a checkpoint left it */
+    backend *be = backend_create((int)s.threads, &err);
+    if (!be)
+        return cli_error("%s", err.msg);
+    char rbuf[4096];
+    const char *rpath = s.resume ? resume_path(s.resume, rbuf, sizeof rbuf) : NULL;
+    int64_t step = 0, consumed = 0;
+    if (rpath) {
+        stream_header *ch = checkpoint_read_header(rpath, &err);
+        if (!ch || checkpoint_config(ch, &s.enc, &s.moco, &err)) {
+            stream_header_free(ch);
+            return cli_error("--resume %s: %s", rpath, err.msg);
+        }
+        step = stream_header_get_int(ch, "step", 0);
+        consumed = stream_header_get_int(ch, "samples_consumed", 0);
+        stream_header_free(ch);
+    }
+    moco *m = moco_create(be, &s.enc, &s.moco, &err);
+    sgd opt = {0};
+    if (!m || sgd_init(&opt, m->q->param_count, s.momentum, s.wd, &err))
+        return cli_error("%s", err.msg);
+    if (rpath) {
+        if (checkpoint_load(rpath, m, &opt, &err))
+            return cli_error("--resume: %s", err.msg);
+    } else {
+        moco_init(m, (uint64_t)s.seed);
+    }
+    int64_t skip = consumed - first_epoch * samples;
+    if (skip < 0)
+        return cli_error("%s starts at epoch %lld, after the checkpoint's %lld samples: give the stream from epoch %lld",
+                         name, (long long)first_epoch, (long long)consumed, (long long)(consumed / samples));
+    if (mkdir(s.out, 0777) && errno != EEXIST)
+        return cli_error("%s: %s", s.out, strerror(errno));
+    metrics_log *log = NULL;
+    if (s.log && !(log = metrics_open(s.log, &err)))
+        return cli_error("%s", err.msg);
+
+    batcher_options bo = {.batch = (int)s.batch, .views = 2, .size = size, .channels = channels, .skip = skip,
+                          .interrupt = &stop_signal};
+    memcpy(bo.mean, s.mean, sizeof bo.mean);
+    memcpy(bo.std, s.std, sizeof bo.std);
+    batcher *feed = batcher_open(in, name, &bo, &err);
+    if (!feed)
+        return cli_error("%s", err.msg);
+    signal(SIGINT, on_signal);
+    signal(SIGTERM, on_signal);
+
+    int64_t *perm = malloc(sizeof(int64_t) * s.batch);
+    progress *bar = progress_start("moco-pretrain", total_steps - step, s.quiet);
+    int terminal = isatty(STDERR_FILENO);
+    double t_start = progress_now(), t_log = t_start, wait_log = 0, wait_epoch = 0, t_epoch = t_start;
+    double loss_epoch = 0, acc_epoch = 0;
+    int64_t steps_epoch = 0, start_step = step, log_steps = 0;
+    double loss_log = 0, acc1_log = 0, acc5_log = 0;
+    int rc = MOCO_OK, exit_code = 0;
+    while (step < total_steps && !stop_signal) {
+        batch b;
+        double waited = 0;
+        int got = batcher_next(feed, &b, &waited, &err);
+        if (got == BATCHER_INTERRUPTED)
+            break;
+        if (got < 0) {
+            rc = MOCO_ERR;
+            break;
+        }
+        if (got == 0) {
+            rc = moco_fail(&err, "%s ended at step %lld of %lld (epoch %lld of %lld)", name, (long long)step,
+                           (long long)total_steps, (long long)(step / steps_per_epoch), (long long)s.epochs);
+            break;
+        }
+        int64_t epoch = step / steps_per_epoch;
+        double lr = schedule_lr(&s.sched, epoch + (double)(step % steps_per_epoch) / steps_per_epoch);
+        moco_permutation((int)s.batch, (uint64_t)s.seed, step, perm);
+        moco_result r;
+        if (moco_step(m, b.views[0], b.views[1], b.n, size, size, perm, &r, &err)) {
+            rc = moco_prefix(&err, "step %lld", (long long)step);
+            break;
+        }
+        batcher_release(feed);
+        if (!isfinite(r.loss)) {
+            char last[4096];
+            snprintf(last, sizeof last, "%s/last.tsz", s.out);
+            rc = moco_fail(&err, "step %lld (epoch %lld): the loss is %g; stopping (%s%s; try a lower --lr)",
+                           (long long)step, (long long)epoch, r.loss, access(last, F_OK) ? "no checkpoint yet in " : "the last good checkpoint is ",
+                           access(last, F_OK) ? s.out : last);
+            break;
+        }
+        sgd_step(&opt, m->q->param, m->q->grad, lr);
+        step++;
+        consumed += b.n;
+        wait_log += waited, wait_epoch += waited;
+        loss_log += r.loss, acc1_log += 100.0 * r.top1 / b.n, acc5_log += 100.0 * r.top5 / b.n, log_steps++;
+        loss_epoch += r.loss, acc_epoch += 100.0 * r.top1 / b.n, steps_epoch++;
+        progress_update(bar, step - start_step);
+        double now = progress_now();
+        if (log && (step % s.log_every == 0 || step == total_steps)) {
+            json_t *o = json_pack("{s:I,s:f,s:f,s:f,s:f,s:f,s:f,s:f}", "step", (json_int_t)step, "epoch",
+                                  (double)step / steps_per_epoch, "loss", loss_log / log_steps, "acc1",
+                                  acc1_log / log_steps, "acc5", acc5_log / log_steps, "lr", lr, "pairs_per_s",
+                                  log_steps * s.batch / (now - t_log), "data_wait", wait_log / (now - t_log));
+            if (metrics_write(log, o, &err)) {
+                rc = MOCO_ERR;
+                break;
+            }
+            t_log = now, wait_log = 0, loss_log = acc1_log = acc5_log = 0, log_steps = 0;
+        }
+        if (step % steps_per_epoch == 0 || step == total_steps) {
+            int64_t done = step / steps_per_epoch; /* completed epochs */
+            if (!s.quiet && !terminal)
+                fprintf(stderr, "moco-pretrain: epoch %lld/%lld: loss %.4f, acc1 %.1f%%, lr %.4g, %.0f pairs/s, data wait %.0f%%\n",
+                        (long long)(step % steps_per_epoch ? done + 1 : done), (long long)s.epochs,
+                        loss_epoch / steps_epoch, acc_epoch / steps_epoch, lr, steps_epoch * s.batch / (now - t_epoch),
+                        100 * wait_epoch / (now - t_epoch));
+            loss_epoch = acc_epoch = 0, steps_epoch = 0, t_epoch = now, wait_epoch = 0;
+            int epoch_end = step % steps_per_epoch == 0;
+            int due = epoch_end && s.save_every && done % s.save_every == 0;
+            if (due || step == total_steps) {
+                stream_header *h = run_header(argc, argv, &s, step, steps_per_epoch, consumed, size);
+                rc = save(&s, h, m, &opt, epoch_end ? done : 0, &err);
+                stream_header_free(h);
+                if (rc)
+                    break;
+            }
+        }
+    }
+    progress_finish(bar);
+    if (!rc && stop_signal) { /* SIGINT / SIGTERM: keep what was done, resumable from here */
+        stream_header *h = run_header(argc, argv, &s, step, steps_per_epoch, consumed, size);
+        rc = save(&s, h, m, &opt, 0, &err);
+        stream_header_free(h);
+        if (!rc) {
+            cli_warn("stopped by signal %d at step %lld; %s/last.tsz resumes from there", (int)stop_signal,
+                     (long long)step, s.out);
+            exit_code = 128 + stop_signal;
+        }
+    }
+    const char *damage;
+    int64_t damaged = batcher_damaged(feed, &damage);
+    if (damaged)
+        cli_warn("%lld damaged record(s) skipped, the first: %s", (long long)damaged, damage);
+    batcher_close(feed);
+    if (log)
+        metrics_close(log, rc ? NULL : &err);
+    free(perm);
+    sgd_free(&opt);
+    moco_destroy(m);
+    backend_destroy(be);
+    if (rc)
+        return cli_error("%s", err.msg);
+    return exit_code;
+}
