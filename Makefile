@@ -17,7 +17,7 @@ CFLAGS    ?= $(OPT) -g
 SAN       ?=
 CPPFLAGS  += -Ilibcommon -DMOCO_VERSION='"$(VERSION)"' $(shell pkg-config --cflags $(PKGS))
 ALL_CFLAGS = -std=c11 -D_GNU_SOURCE -Wall -Wextra -Wshadow -Wno-format-truncation -pthread -fopenmp $(SAN) $(CFLAGS)
-LDLIBS    += $(shell pkg-config --libs $(PKGS)) -ldnnl -lm -pthread -fopenmp
+LDLIBS    += $(shell pkg-config --libs $(PKGS)) -ldnnl -llbfgs -lm -pthread -fopenmp
 
 # CUDA: built when nvcc and cudnn.h are both found, unless CUDA=0.
 CUDA_HOME ?= /usr/local/cuda

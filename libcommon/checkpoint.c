@@ -5,6 +5,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "safetensors.h"
+
 static const char *head_name(resnet_head h)
 {
     return h == RESNET_HEAD_MLP ? "mlp" : h == RESNET_HEAD_LINEAR ? "linear" : "none";
@@ -236,4 +238,70 @@ int checkpoint_load(const char *path, moco *m, sgd *opt, moco_error *err)
 int checkpoint_load_encoder(const char *path, const char *prefix, resnet *net, int skip_head, moco_error *err)
 {
     return load(path, NULL, NULL, prefix, net, skip_head, err);
+}
+
+static const tensor *find_prefixed(const safetensors *st, const char *prefix, const char *name)
+{
+    char key[256];
+    snprintf(key, sizeof key, "%s%s", prefix, name);
+    return safetensors_find(st, key);
+}
+
+int checkpoint_infer_config(const safetensors *st, const char *prefix, resnet_config *cfg, moco_error *err)
+{
+    const tensor *conv1 = find_prefixed(st, prefix, "conv1.weight");
+    if (!conv1 || conv1->rank != 4)
+        return moco_fail(err, "no %sconv1.weight of rank 4: not a torchvision ResNet", prefix);
+    int blocks[4] = {0};
+    for (int layer = 0; layer < 4; layer++) {
+        char name[64];
+        for (;;) {
+            snprintf(name, sizeof name, "layer%d.%d.conv1.weight", layer + 1, blocks[layer]);
+            if (!find_prefixed(st, prefix, name))
+                break;
+            blocks[layer]++;
+        }
+    }
+    int bottleneck = find_prefixed(st, prefix, "layer1.0.conv3.weight") != NULL;
+    int depth = 0;
+    if (!bottleneck && blocks[0] == 2 && blocks[1] == 2 && blocks[2] == 2 && blocks[3] == 2)
+        depth = 18;
+    else if (blocks[0] == 3 && blocks[1] == 4 && blocks[2] == 6 && blocks[3] == 3)
+        depth = bottleneck ? 50 : 34;
+    if (!depth)
+        return moco_fail(err, "blocks per stage %d,%d,%d,%d%s: not ResNet-18, 34 or 50", blocks[0], blocks[1],
+                         blocks[2], blocks[3], bottleneck ? " (bottleneck)" : "");
+    const tensor *fc0 = find_prefixed(st, prefix, "fc.0.weight"), *fc2 = find_prefixed(st, prefix, "fc.2.weight"),
+                 *fc = find_prefixed(st, prefix, "fc.weight");
+    *cfg = (resnet_config){.depth = depth, .width = (int)conv1->dims[0], .in_channels = (int)conv1->dims[1],
+                           .cifar_stem = conv1->dims[2] == 3, .head = RESNET_HEAD_NONE};
+    if (fc0 && fc2 && fc2->rank == 2)
+        cfg->head = RESNET_HEAD_MLP, cfg->out_dim = (int)fc2->dims[0];
+    else if (fc && fc->rank == 2)
+        cfg->head = RESNET_HEAD_LINEAR, cfg->out_dim = (int)fc->dims[0];
+    return resnet_config_check(cfg, err);
+}
+
+int checkpoint_load_safetensors(const safetensors *st, const char *prefix, resnet *net, int skip_head, moco_error *err)
+{
+    for (int i = 0; i < net->ntensors; i++) {
+        const resnet_tensor *e = &net->tensors[i];
+        if (skip_head && !strncmp(e->name, "fc", 2))
+            continue;
+        const tensor *t = find_prefixed(st, prefix, e->name);
+        if (!t)
+            return moco_fail(err, "%s%s is missing", prefix, e->name);
+        int same = t->rank == e->rank;
+        for (int d = 0; same && d < e->rank; d++)
+            same = t->dims[d] == e->dims[d];
+        if (!same || (t->dtype != DTYPE_F32 && t->dtype != DTYPE_F16 && t->dtype != DTYPE_BF16)) {
+            char got[96];
+            return moco_fail(err, "%s%s: %s, the model wants f32 with %zu values", prefix, e->name,
+                             tensor_describe(t, got, sizeof got), e->count);
+        }
+        float *dest = (e->buffer ? net->buffer : net->param) + e->offset;
+        for (size_t j = 0; j < e->count; j++) /* any alignment, any float dtype */
+            dest[j] = (float)tensor_get(t, (int64_t)j);
+    }
+    return MOCO_OK;
 }

@@ -39,4 +39,14 @@ int checkpoint_load(const char *path, moco *m, sgd *opt, moco_error *err);
  * (feature extraction drops the MLP head). */
 int checkpoint_load_encoder(const char *path, const char *prefix, resnet *net, int skip_head, moco_error *err);
 
+
+/* ---- encoders from safetensors files with torchvision's names (published weights) ---- */
+struct safetensors;
+/* The configuration a set of torchvision ResNet tensors (names under prefix, "" for none) implies:
+ * depth from the block counts, width, input channels and stem from conv1.weight, head from fc.*. */
+int checkpoint_infer_config(const struct safetensors *st, const char *prefix, resnet_config *cfg, moco_error *err);
+/* Load net's tensors from st (names under prefix); the fc head is not required with skip_head. */
+int checkpoint_load_safetensors(const struct safetensors *st, const char *prefix, resnet *net, int skip_head,
+                                moco_error *err);
+
 #endif

@@ -1,7 +1,6 @@
 /* optim.c — SGD and learning-rate schedules (see optim.h). */
 #include "optim.h"
 
-#include <errno.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -60,18 +59,22 @@ int schedule_kind_from_name(const char *name)
 
 int schedule_parse_milestones(lr_schedule *s, const char *text, moco_error *err)
 {
-    s->nmilestones = 0;
+    /* plain digits separated by single commas; nothing is changed unless all of it parses */
+    int values[8], n = 0;
     const char *p = text;
     while (*p) {
-        char *end;
-        errno = 0;
-        long v = strtol(p, &end, 10);
-        if (end == p || errno || v < 0 || v > 1000000 || (*end && *end != ','))
+        long v = 0;
+        const char *start = p;
+        while (*p >= '0' && *p <= '9' && v <= 1000000)
+            v = v * 10 + (*p++ - '0');
+        if (p == start || v > 1000000 || (*p && *p != ',') || (*p == ',' && !p[1]))
             return moco_fail(err, "milestones \"%s\": expected epochs separated by commas, e.g. 120,160", text);
-        if (s->nmilestones == 8)
+        if (n == 8)
             return moco_fail(err, "milestones \"%s\": at most 8", text);
-        s->milestones[s->nmilestones++] = (int)v;
-        p = *end ? end + 1 : end;
+        values[n++] = (int)v;
+        p += *p == ',';
     }
+    memcpy(s->milestones, values, sizeof(int) * n);
+    s->nmilestones = n;
     return MOCO_OK;
 }

@@ -5,7 +5,7 @@
 set -eu
 
 packages="build-essential pkg-config zstd libzstd-dev libjpeg62-turbo-dev libpng-dev zlib1g-dev libarchive-dev
-libxxhash-dev libjansson-dev libdnnl-dev libopenblas-dev libopenmpi-dev openmpi-bin libexpat1-dev clang libclang-rt-dev
+libxxhash-dev libjansson-dev libdnnl-dev libopenblas-dev libopenmpi-dev openmpi-bin libexpat1-dev liblbfgs-dev clang libclang-rt-dev
 dataset-fashion-mnist python3 python3-numpy python3-torch python3-torchvision python3-pil"
 
 # Ubuntu names libjpeg-turbo's dev package differently.
