@@ -37,7 +37,7 @@ backend *backend_create(int threads, moco_error *err)
     if (threads <= 0)
         threads = 1;
 #endif
-    openblas_set_num_threads(threads);
+    openblas_set_num_threads(1); /* see matmul */
     b->threads = threads;
     dnnl_status_t st = dnnl_engine_create(&b->engine, dnnl_cpu, 0);
     if (st == dnnl_success)
@@ -722,10 +722,30 @@ void avgpool_backward(const float *dy, int n, int hw, int c, float *dx)
                 dx[((size_t)i * hw + p) * c + k] = dy[(size_t)i * c + k] / (float)hw;
 }
 
+/* OpenBLAS runs single-threaded (backend_create): its own thread pool spins between calls and steals
+ * the cores from oneDNN's OpenMP threads. The products are split into row blocks across the OpenMP
+ * threads instead; rows are independent, so the result does not depend on the thread count. */
+static void row_blocks(int rows, int *nblocks, int *per_block)
+{
+#ifdef _OPENMP
+    int t = omp_get_max_threads();
+#else
+    int t = 1;
+#endif
+    *per_block = (rows + t - 1) / t;
+    *nblocks = (rows + *per_block - 1) / *per_block;
+}
+
 void matmul(const float *a, const float *b, float *y, int m, int n, int k, int b_transposed, float alpha)
 {
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, b_transposed ? CblasTrans : CblasNoTrans, m, n, k, alpha, a, k, b,
-                b_transposed ? k : n, 0.0f, y, n);
+    int nb, per;
+    row_blocks(m, &nb, &per);
+#pragma omp parallel for schedule(static) if (nb > 1 && (double)m * n * k > 1e6)
+    for (int i = 0; i < nb; i++) {
+        int r0 = i * per, rows = r0 + per <= m ? per : m - r0;
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, b_transposed ? CblasTrans : CblasNoTrans, rows, n, k, alpha,
+                    a + (size_t)r0 * k, k, b, b_transposed ? k : n, 0.0f, y + (size_t)r0 * n, n);
+    }
 }
 
 void linear_forward(const float *x, int n, int in, int out, const float *weight, const float *bias, float *y)
@@ -740,8 +760,15 @@ void linear_forward(const float *x, int n, int in, int out, const float *weight,
 void linear_backward(const float *x, const float *dy, int n, int in, int out, const float *weight,
                      float *dx, float *dweight, float *dbias)
 {
-    /* dW (out,in) = dy^T (out,N) x (N,in) */
-    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, out, in, n, 1.0f, dy, out, x, in, 0.0f, dweight, in);
+    /* dW (out,in) = dy^T (out,N) x (N,in), in blocks of dW's rows */
+    int nb, per;
+    row_blocks(out, &nb, &per);
+#pragma omp parallel for schedule(static) if (nb > 1 && (double)out * in * n > 1e6)
+    for (int i = 0; i < nb; i++) {
+        int r0 = i * per, rows = r0 + per <= out ? per : out - r0;
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, rows, in, n, 1.0f, dy + r0, out, x, in, 0.0f,
+                    dweight + (size_t)r0 * in, in);
+    }
     if (dbias)
         for (int j = 0; j < out; j++) {
             float s = 0;

@@ -82,6 +82,21 @@ int cli_real(const char *option, const char *s, double min, double max, double *
     return 0;
 }
 
+int cli_reals(const char *option, const char *s, int n, double min, double max, double *out)
+{
+    const char *p = s;
+    for (int i = 0; i < n; i++) {
+        char *end;
+        errno = 0;
+        double v = strtod(p, &end);
+        if (errno || end == p || !isfinite(v) || v < min || v > max || *end != (i + 1 < n ? ',' : '\0'))
+            return cli_usage_error("%s: '%s' is not %d comma-separated numbers in %g..%g", option, s, n, min, max);
+        out[i] = v;
+        p = end + 1;
+    }
+    return 0;
+}
+
 int cli_part(const char *option, const char *s, int *part, int *parts)
 {
     int i, n, end = 0;

@@ -30,6 +30,9 @@ int cli_version(void);
 int cli_int(const char *option, const char *s, int64_t min, int64_t max, int64_t *out);
 int cli_real(const char *option, const char *s, double min, double max, double *out);
 
+/* Parse "a,b,c" (n numbers, each within [min, max]) into out; EXIT_USAGE after a message. */
+int cli_reals(const char *option, const char *s, int n, double min, double max, double *out);
+
 /* Parse "I/N" (0 <= I < N), the --part of a process among N; EXIT_USAGE after a message. */
 int cli_part(const char *option, const char *s, int *part, int *parts);
 

@@ -45,19 +45,6 @@ static const char usage[] =
     "  moco-augment --recipe eval --size 28 --resize 28 fmnist/ | moco-extract run/last.tsz -o f.feat\n"
     "Exit status: 0 done (or the reader went away), 1 failure, 2 usage error.\n";
 
-static int parse_triple(const char *opt, const char *s, double lo, double out[3])
-{
-    char *end;
-    const char *p = s;
-    for (int i = 0; i < 3; i++) {
-        out[i] = strtod(p, &end);
-        if (end == p || !(out[i] > lo) || (i < 2 && *end != ',') || (i == 2 && *end))
-            return cli_usage_error("%s: '%s' is not three numbers a,b,c (each > %g)", opt, s, lo);
-        p = end + 1;
-    }
-    return 0;
-}
-
 /* The encoder of `path`, headless, ready for evaluation; NULL and err on failure. */
 static resnet *load_model(backend *be, const char *path, const char *part, const char *prefix, moco_error *err)
 {
@@ -142,8 +129,8 @@ int main(int argc, char **argv)
             if (strcmp(optarg, "cpu"))
                 return cli_usage_error("--device %s: this build has the CPU backend only (--device cpu)", optarg);
             break;
-        case O_MEAN: status = parse_triple("--mean", optarg, -1e9, mean); have_mean = 1; break;
-        case O_STD: status = parse_triple("--std", optarg, 0, std); have_std = 1; break;
+        case O_MEAN: status = cli_reals("--mean", optarg, 3, -1e9, 1e9, mean); have_mean = 1; break;
+        case O_STD: status = cli_reals("--std", optarg, 3, 1e-12, 1e9, std); have_std = 1; break;
         case 'o': out_path = optarg; break;
         case O_LEVEL: status = cli_int("--level", optarg, -7, 22, &level); break;
         case 'q': quiet = 1; break;

@@ -77,19 +77,6 @@ typedef struct {
     int have_mean, have_std;
 } settings;
 
-static int parse_triple(const char *opt, const char *s, double lo, double out[3])
-{
-    char *end;
-    const char *p = s;
-    for (int i = 0; i < 3; i++) {
-        out[i] = strtod(p, &end);
-        if (end == p || !(out[i] > lo) || (i < 2 && *end != ',') || (i == 2 && *end))
-            return cli_usage_error("%s: '%s' is not three numbers a,b,c (each > %g)", opt, s, lo);
-        p = end + 1;
-    }
-    return 0;
-}
-
 /* Path of a checkpoint to resume from: a file, or DIR/last.tsz. */
 static const char *resume_path(const char *p, char *buf, size_t len)
 {
@@ -232,8 +219,8 @@ int main(int argc, char **argv)
             if (strcmp(optarg, "cpu"))
                 return cli_usage_error("--device %s: this build has the CPU backend only (--device cpu)", optarg);
             break;
-        case O_MEAN: status = parse_triple("--mean", optarg, -1e9, s.mean); s.have_mean = 1; break;
-        case O_STD: status = parse_triple("--std", optarg, 0, s.std); s.have_std = 1; break;
+        case O_MEAN: status = cli_reals("--mean", optarg, 3, -1e9, 1e9, s.mean); s.have_mean = 1; break;
+        case O_STD: status = cli_reals("--std", optarg, 3, 1e-12, 1e9, s.std); s.have_std = 1; break;
         case 'q': s.quiet = 1; break;
         case O_HELP: fputs(usage, stdout); return 0;
         case O_VERSION: return cli_version();
