@@ -191,14 +191,14 @@ static int load(const char *path, moco *m, sgd *opt, const char *prefix, resnet 
                 found_queue = used = 1;
             }
         }
-        if (used < 0) {
-            rc = MOCO_ERR;
+        if (used < 0) { /* stream errors name the file already; ours do not */
+            rc = moco_prefix(err, "%s", path);
             break;
         }
     }
     stream_reader_close(r);
     if (rc < 0)
-        return moco_prefix(err, "%s", path);
+        return MOCO_ERR;
     /* num_batches_tracked records are counted too: one per BN, so compare with the entries plus them */
     resnet *qnet = net ? net : m->q;
     int bns = 0;
