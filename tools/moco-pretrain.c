@@ -43,7 +43,7 @@ static const char usage[] =
     "  --wd W                weight decay (default 1e-4); --momentum M SGD momentum (default 0.9)\n"
     "  --schedule cos|step   (default cos; v1 step); --milestones E,E (default 120,160); --warmup-epochs E\n"
     "  --epochs E            (default: the stream header's epochs, else 200)\n"
-    "  --max-steps N         stop after N steps in all (short runs, tests)\n"
+    "  --max-steps N         stop after N steps in all (short runs, tests); 0 saves the initialisation\n"
     "Run:\n"
     "  --out DIR             checkpoints (required); --save-every E epochs (default 10; 0: at the end only)\n"
     "  --resume PATH         continue from a checkpoint file, or DIR/last.tsz when PATH is a folder\n"
@@ -171,7 +171,7 @@ int main(int argc, char **argv)
     settings s = {
         .enc = {.depth = 50, .width = 64, .in_channels = 0, .head = v1 ? RESNET_HEAD_LINEAR : RESNET_HEAD_MLP, .out_dim = 128},
         .moco = {.queue_size = 65536, .key_momentum = 0.999, .temperature = v1 ? 0.07 : 0.2, .bn_groups = 8},
-        .batch = 256, .epochs = 0, .max_steps = 0, .save_every = 10, .log_every = 10, .seed = 0,
+        .batch = 256, .epochs = 0, .max_steps = -1, .save_every = 10, .log_every = 10, .seed = 0,
         .threads = cli_default_threads(), .lr = 0.03, .wd = 1e-4, .momentum = 0.9, .lr_scale = 1,
         .sched = {.kind = v1 ? SCHEDULE_STEP : SCHEDULE_COS, .gamma = 0.1},
         .milestones = "120,160",
@@ -207,7 +207,7 @@ int main(int argc, char **argv)
         case O_MILESTONES: s.milestones = optarg; break;
         case O_WARMUP: status = cli_real("--warmup-epochs", optarg, 0, 1e6, &s.warmup); break;
         case O_EPOCHS: status = cli_int("--epochs", optarg, 1, 1000000, &s.epochs); break;
-        case O_MAX_STEPS: status = cli_int("--max-steps", optarg, 1, INT64_MAX, &s.max_steps); break;
+        case O_MAX_STEPS: status = cli_int("--max-steps", optarg, 0, INT64_MAX, &s.max_steps); break;
         case 'o': s.out = optarg; break;
         case O_SAVE_EVERY: status = cli_int("--save-every", optarg, 0, 1000000, &s.save_every); break;
         case O_RESUME: s.resume = optarg; break;
@@ -276,8 +276,8 @@ int main(int argc, char **argv)
                          (long long)samples, (long long)s.batch);
     }
     int64_t steps_per_epoch = samples / s.batch, total_steps = steps_per_epoch * s.epochs;
-    if (s.max_steps && s.max_steps < total_steps)
-        total_steps = s.max_steps;
+    if (s.max_steps >= 0 && s.max_steps < total_steps)
+        total_steps = s.max_steps; /* 0: just the initial checkpoint, a random-init baseline */
     s.sched.base_lr = s.lr * (s.lr_scale ? s.batch / 256.0 : 1.0);
     s.sched.epochs = (int)s.epochs;
     s.sched.warmup_epochs = s.warmup;
@@ -408,6 +408,11 @@ int main(int argc, char **argv)
         }
     }
     progress_finish(bar);
+    if (!rc && start_step == total_steps) { /* nothing to train (--max-steps 0): save the state as it is */
+        stream_header *h = run_header(argc, argv, &s, step, steps_per_epoch, consumed, size);
+        rc = save(&s, h, m, &opt, 0, &err);
+        stream_header_free(h);
+    }
     if (!rc && stop_signal) { /* SIGINT / SIGTERM: keep what was done, resumable from here */
         stream_header *h = run_header(argc, argv, &s, step, steps_per_epoch, consumed, size);
         rc = save(&s, h, m, &opt, 0, &err);
