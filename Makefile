@@ -117,7 +117,11 @@ fuzz-run: fuzz
 bench: all
 	@sh tests/bench/run.sh $(BUILD)
 
-demo: all
+# The demo installs what is missing (silent when nothing is), builds, then runs the example;
+# EPOCHS=, THREADS= and DATA= on the command line reach the example's Makefile.
+demo:
+	@./scripts/install-deps.sh
+	@$(MAKE) --no-print-directory all
 	@$(MAKE) --no-print-directory -C examples/fashion-mnist BIN=$(CURDIR)/$(BUILD)/bin
 
 install: $(TOOLS)

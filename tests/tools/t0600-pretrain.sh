@@ -84,6 +84,13 @@ check sigterm_checkpoint_is_mid_epoch "$I --header $T/c/last.tsz | $PY -c 'impor
 expect resumes_after_sigterm 0 '' -- "$P -q $MODEL --out $T/c --save-every 1 --resume $T/c $T/pairs.tsz"
 check sigterm_resume_is_bit_exact "[ \"\$(digest $T/a/last.tsz)\" = \"\$(digest $T/c/last.tsz)\" ]"
 
+# A save that fails (a file-size limit: what a full disk gives, EFBIG instead of ENOSPC) stops the
+# run with an error and leaves the previous checkpoint whole, with no temporary file behind.
+cp -r "$T/a" "$T/full"
+before=$(digest "$T/full/last.tsz")
+expect failed_save_is_an_error 1 'ckpt-0003.tsz' -- "trap '' XFSZ; ulimit -f 64; $P -q $MODEL --out $T/full --save-every 1 --resume $T/full/ckpt-0002.tsz $T/pairs.tsz"
+check failed_save_keeps_the_previous_checkpoint "[ \"\$(digest $T/full/last.tsz)\" = \"$before\" ] && [ -z \"\$(ls $T/full | grep -v '^ckpt-000[123]\.tsz\$' | grep -v '^last\.tsz\$')\" ]"
+
 # Failures: a NaN loss stops the run naming the step; bad inputs and options are refused.
 expect nan_loss_stops_the_run 1 'step [0-9]+ \(epoch [0-9]+\): the loss is (nan|inf|-nan)' -- "$P -q $MODEL --lr 1e6 --wd 1 --momentum 0 --out $T/nan $T/pairs.tsz"
 check nan_run_leaves_no_partial_checkpoint "[ -z \"\$(ls $T/nan | grep -v '^ckpt-[0-9]*\\.tsz\$' | grep -v '^last\\.tsz\$')\" ]"

@@ -1,0 +1,27 @@
+#!/bin/sh
+# table.sh OUT EPOCHS — the demo's result: linear-probe accuracy of each encoder and the time of each
+# stage, from the reports and timings the Makefile left in OUT.
+out=$1 epochs=$2
+num() { sed -n "s/.*\"$1\": *\([0-9.eE+-]*\).*/\1/p" "$2" | head -n 1; }
+secs() { cat "$out/times/$1" 2>/dev/null || echo "-"; }
+pct() { awk -v v="$1" 'BEGIN { if (v == "") print "-"; else printf "%.2f%%", (v <= 1 ? 100 * v : v) }'; }
+sum() { awk '{ s += $1 } END { printf "%.1f", s }'; }
+echo
+echo "Fashion-MNIST linear probe (L-BFGS on standardised features; train 60000, test 10000)"
+printf "%-40s %9s %9s %12s\n" "features" "top-1" "top-5" "seconds"
+printf "%-40s %9s %9s %12s\n" "MoCo v2, $epochs epochs (ResNet-18 w16)" "$(pct "$(num top1 "$out/report-moco.json")")" \
+    "$(pct "$(num top5 "$out/report-moco.json")")" "$(secs pretrain)"
+printf "%-40s %9s %9s %12s\n" "random-init encoder (same network)" "$(pct "$(num top1 "$out/report-random.json")")" \
+    "$(pct "$(num top5 "$out/report-random.json")")" "-"
+printf "%-40s %9s %9s %12s\n" "raw pixels (784)" "$(pct "$(num top1 "$out/report-raw.json")")" \
+    "$(pct "$(num top5 "$out/report-raw.json")")" "-"
+echo
+echo "seconds per stage:"
+for s in shard-train shard-test pretrain extract-moco-train extract-moco-test extract-random-train \
+    extract-random-test probe-moco probe-random probe-raw; do
+    printf "  %-22s %8s\n" "$s" "$(secs $s)"
+done
+printf "  %-22s %8s\n" "total" "$(cat "$out"/times/* 2>/dev/null | sum)"
+echo
+echo "loss curve: $out/loss.svg (from $out/run/log.jsonl); augmented pairs: $out/pairs-sheet.png;"
+echo "first training images: $out/train-sheet.png; model: $out/run/last.tsz; probe reports: $out/report-*.json"
