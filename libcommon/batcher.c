@@ -12,6 +12,9 @@
 
 enum { SLOTS = 3 };
 
+/* Batchers whose reader thread was stuck in read(2) at close (see batcher_close). */
+static struct batcher *abandoned;
+
 struct batcher {
     stream_reader *in;
     char name[256];
@@ -27,6 +30,7 @@ struct batcher {
     char first_damage[1024];
     pthread_t thread;
     int started;
+    struct batcher *abandoned_next;
     pthread_mutex_t lock;
     pthread_cond_t changed;
 };
@@ -70,8 +74,7 @@ static void *read_loop(void *arg)
 {
     batcher *b = arg;
     moco_error err = {{0}};
-    /* cancellable only inside stream_read (blocked in read(2)), never while holding the lock */
-    pthread_setcancelstate(PTHREAD_CANCEL_DISABLE, NULL);
+
     for (;;) {
         pthread_mutex_lock(&b->lock);
         while (b->count == SLOTS && !b->stop)
@@ -84,9 +87,7 @@ static void *read_loop(void *arg)
         int n = 0, rc = 0;
         while (n < b->opt.batch && !__atomic_load_n(&b->stop, __ATOMIC_RELAXED)) {
             stream_record rec;
-            pthread_setcancelstate(PTHREAD_CANCEL_ENABLE, NULL);
             rc = stream_read(b->in, &rec, &err);
-            pthread_setcancelstate(PTHREAD_CANCEL_DISABLE, NULL);
             if (rc == STREAM_DAMAGED && !b->opt.strict) {
                 if (!b->damaged++)
                     snprintf(b->first_damage, sizeof b->first_damage, "%s", err.msg);
@@ -229,9 +230,22 @@ void batcher_close(batcher *b)
         int finished = b->finished;
         pthread_cond_broadcast(&b->changed);
         pthread_mutex_unlock(&b->lock);
-        if (!finished) /* it may be blocked in read(2) on a pipe whose writer waits for us */
-            pthread_cancel(b->thread);
-        pthread_join(b->thread, NULL);
+        if (!finished) {
+            /* It may be blocked in read(2) on a pipe whose writer has stalled. It stops after its
+             * next record; if none comes within two seconds it is left behind, detached, with its
+             * memory kept (reachable, until the process exits) rather than cancelled mid-read. */
+            struct timespec until;
+            clock_gettime(CLOCK_REALTIME, &until);
+            until.tv_sec += 2;
+            if (pthread_timedjoin_np(b->thread, NULL, &until)) {
+                pthread_detach(b->thread);
+                b->abandoned_next = abandoned;
+                abandoned = b;
+                return;
+            }
+        } else {
+            pthread_join(b->thread, NULL);
+        }
     }
     for (int s = 0; s < SLOTS; s++) {
         for (int v = 0; v < BATCHER_MAX_VIEWS; v++)

@@ -50,8 +50,8 @@ void batcher_release(batcher *b);
 /* Records read (skipped ones included) and damaged records passed over; the first damage message. */
 int64_t batcher_records(const batcher *b);
 int64_t batcher_damaged(const batcher *b, const char **first_message);
-/* Stop the thread (cancelled if it is blocked reading: the producer may never write again), close
- * the reader, free everything. */
+/* Stop the thread, close the reader, free everything. A thread still blocked reading a stalled pipe
+ * two seconds later is left detached, its batcher kept until the process exits. */
 void batcher_close(batcher *b);
 
 #endif

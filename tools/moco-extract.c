@@ -45,6 +45,18 @@ static const char usage[] =
     "  moco-augment --recipe eval --size 28 --resize 28 fmnist/ | moco-extract run/last.tsz -o f.feat\n"
     "Exit status: 0 done (or the reader went away), 1 failure, 2 usage error.\n";
 
+/* A tensor stream starts with a record ("TSZR") or a zstd frame (28 b5 2f fd). */
+static int looks_like_stream(const char *path)
+{
+    unsigned char magic[4] = {0};
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return 0;
+    size_t n = fread(magic, 1, 4, f);
+    fclose(f);
+    return n == 4 && (!memcmp(magic, "TSZR", 4) || !memcmp(magic, "\x28\xb5\x2f\xfd", 4));
+}
+
 /* The encoder of `path`, headless, ready for evaluation; NULL and err on failure. */
 static resnet *load_model(backend *be, const char *path, const char *part, const char *prefix, moco_error *err)
 {
@@ -68,6 +80,8 @@ static resnet *load_model(backend *be, const char *path, const char *part, const
         }
         return net;
     }
+    if (looks_like_stream(path)) /* a damaged checkpoint: its own error says what is wrong */
+        return NULL;
     moco_error serr;
     safetensors *st = safetensors_open(path, &serr);
     if (!st) {
@@ -152,12 +166,12 @@ int main(int argc, char **argv)
     if (!be)
         return cli_error("%s", err.msg);
     resnet *net = load_model(be, model_path, part, prefix, &err);
-    if (!net)
+    stream_reader *in = net ? stream_reader_open(in_path, NULL, &err) : NULL;
+    if (!in) {
+        resnet_destroy(net);
+        backend_destroy(be);
         return cli_error("%s", err.msg);
-
-    stream_reader *in = stream_reader_open(in_path, NULL, &err);
-    if (!in)
-        return cli_error("%s", err.msg);
+    }
     stream_grow_pipe(STDIN_FILENO);
     const stream_header *ih = stream_reader_header(in);
     const char *name = strcmp(in_path, "-") ? in_path : "standard input";
@@ -177,6 +191,8 @@ int main(int argc, char **argv)
                         net->cfg.cifar_stem ? "CIFAR" : "ImageNet");
     if (bad) {
         stream_reader_close(in);
+        resnet_destroy(net);
+        backend_destroy(be);
         return bad;
     }
     if (!have_mean && !stream_header_get_reals(ih, "mean", 3, mean))
@@ -212,6 +228,8 @@ int main(int argc, char **argv)
     stream_header_free(oh);
     if (!out) {
         stream_reader_close(in);
+        resnet_destroy(net);
+        backend_destroy(be);
         return cli_error("%s", err.msg);
     }
 
@@ -222,6 +240,8 @@ int main(int argc, char **argv)
     batcher *feed = batcher_open(in, name, &bo, &err);
     if (!feed) {
         stream_writer_abort(out);
+        resnet_destroy(net);
+        backend_destroy(be);
         return cli_error("%s", err.msg);
     }
     int dim = net->feature_dim;

@@ -130,6 +130,38 @@ static int save(const settings *s, stream_header *h, const moco *m, const sgd *o
     return checkpoint_save(last, h, m, opt, err); /* a file system without hard links */
 }
 
+/* The model and optimiser state: from the checkpoint --resume names (its settings replace the
+ * options'), or freshly initialised. NULL and err on failure, with nothing left allocated. */
+static moco *start_model(settings *s, backend *be, sgd *opt, int64_t *step, int64_t *consumed, moco_error *err)
+{
+    char rbuf[4096];
+    const char *rpath = s->resume ? resume_path(s->resume, rbuf, sizeof rbuf) : NULL;
+    if (rpath) {
+        stream_header *ch = checkpoint_read_header(rpath, err);
+        if (!ch || checkpoint_config(ch, &s->enc, &s->moco, err)) {
+            stream_header_free(ch);
+            moco_prefix(err, "--resume %s", rpath);
+            return NULL;
+        }
+        *step = stream_header_get_int(ch, "step", 0);
+        *consumed = stream_header_get_int(ch, "samples_consumed", 0);
+        stream_header_free(ch);
+    }
+    moco *m = moco_create(be, &s->enc, &s->moco, err);
+    if (m && !sgd_init(opt, m->q->param_count, s->momentum, s->wd, err)) {
+        if (!rpath) {
+            moco_init(m, (uint64_t)s->seed);
+            return m;
+        }
+        if (!checkpoint_load(rpath, m, opt, err))
+            return m;
+        moco_prefix(err, "--resume");
+    }
+    sgd_free(opt);
+    moco_destroy(m);
+    return NULL;
+}
+
 int main(int argc, char **argv)
 {
     cli_init("moco-pretrain");
@@ -284,48 +316,37 @@ int main(int argc, char **argv)
 
     /* the model: fresh, or as a checkpoint left it */
     backend *be = backend_create((int)s.threads, &err);
-    if (!be)
+    if (!be) {
+        stream_reader_close(in);
         return cli_error("%s", err.msg);
-    char rbuf[4096];
-    const char *rpath = s.resume ? resume_path(s.resume, rbuf, sizeof rbuf) : NULL;
+    }
     int64_t step = 0, consumed = 0;
-    if (rpath) {
-        stream_header *ch = checkpoint_read_header(rpath, &err);
-        if (!ch || checkpoint_config(ch, &s.enc, &s.moco, &err)) {
-            stream_header_free(ch);
-            return cli_error("--resume %s: %s", rpath, err.msg);
-        }
-        step = stream_header_get_int(ch, "step", 0);
-        consumed = stream_header_get_int(ch, "samples_consumed", 0);
-        stream_header_free(ch);
-    }
-    moco *m = moco_create(be, &s.enc, &s.moco, &err);
     sgd opt = {0};
-    if (!m || sgd_init(&opt, m->q->param_count, s.momentum, s.wd, &err))
-        return cli_error("%s", err.msg);
-    if (rpath) {
-        if (checkpoint_load(rpath, m, &opt, &err))
-            return cli_error("--resume: %s", err.msg);
-    } else {
-        moco_init(m, (uint64_t)s.seed);
-    }
-    int64_t skip = consumed - first_epoch * samples;
-    if (skip < 0)
-        return cli_error("%s starts at epoch %lld, after the checkpoint's %lld samples: give the stream from epoch %lld",
-                         name, (long long)first_epoch, (long long)consumed, (long long)(consumed / samples));
-    if (mkdir(s.out, 0777) && errno != EEXIST)
-        return cli_error("%s: %s", s.out, strerror(errno));
+    moco *m = start_model(&s, be, &opt, &step, &consumed, &err);
     metrics_log *log = NULL;
+    batcher *feed = NULL;
+    int64_t skip = consumed - first_epoch * samples;
+    if (!m)
+        goto fail;
+    if (skip < 0) {
+        moco_fail(&err, "%s starts at epoch %lld, after the checkpoint's %lld samples: give the stream from epoch %lld",
+                  name, (long long)first_epoch, (long long)consumed, (long long)(consumed / samples));
+        goto fail;
+    }
+    if (mkdir(s.out, 0777) && errno != EEXIST) {
+        moco_fail(&err, "%s: %s", s.out, strerror(errno));
+        goto fail;
+    }
     if (s.log && !(log = metrics_open(s.log, &err)))
-        return cli_error("%s", err.msg);
-
+        goto fail;
     batcher_options bo = {.batch = (int)s.batch, .views = 2, .size = size, .channels = channels, .skip = skip,
                           .interrupt = &stop_signal};
     memcpy(bo.mean, s.mean, sizeof bo.mean);
     memcpy(bo.std, s.std, sizeof bo.std);
-    batcher *feed = batcher_open(in, name, &bo, &err);
+    feed = batcher_open(in, name, &bo, &err); /* owns `in` from here, even when it fails */
+    in = NULL;
     if (!feed)
-        return cli_error("%s", err.msg);
+        goto fail;
     signal(SIGINT, on_signal);
     signal(SIGTERM, on_signal);
 
@@ -437,4 +458,14 @@ int main(int argc, char **argv)
     if (rc)
         return cli_error("%s", err.msg);
     return exit_code;
+
+fail: /* before training started */
+    if (in)
+        stream_reader_close(in);
+    if (log)
+        metrics_close(log, NULL);
+    sgd_free(&opt);
+    moco_destroy(m);
+    backend_destroy(be);
+    return cli_error("%s", err.msg);
 }
