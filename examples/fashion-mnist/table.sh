@@ -1,19 +1,19 @@
 #!/bin/sh
-# table.sh OUT EPOCHS — the demo's result: linear-probe accuracy of each encoder and the time of each
+# table.sh OUT EPOCHS DATA — the demo's result: linear-probe accuracy of each encoder and the time of each
 # stage, from the reports and timings the Makefile left in OUT.
-out=$1 epochs=$2
+out=$1 epochs=$2 data=${3:-}
 num() { sed -n "s/.*\"$1\": *\([0-9.eE+-]*\).*/\1/p" "$2" | head -n 1; }
 secs() { cat "$out/times/$1" 2>/dev/null || echo "-"; }
 pct() { awk -v v="$1" 'BEGIN { if (v == "") print "-"; else printf "%.2f%%", (v <= 1 ? 100 * v : v) }'; }
 sum() { awk '{ s += $1 } END { printf "%.1f", s }'; }
 echo
-echo "Fashion-MNIST linear probe (L-BFGS on standardised features; train 60000, test 10000)"
+echo "linear probe on $data (L-BFGS on standardised features; train $(num n_train "$out/report-moco.json"), test $(num n_val "$out/report-moco.json"))"
 printf "%-40s %9s %9s %12s\n" "features" "top-1" "top-5" "seconds"
-printf "%-40s %9s %9s %12s\n" "MoCo v2, $epochs epochs (ResNet-18 w16)" "$(pct "$(num top1 "$out/report-moco.json")")" \
+printf "%-40s %9s %9s %12s\n" "MoCo v2 pretrained, $epochs epochs" "$(pct "$(num top1 "$out/report-moco.json")")" \
     "$(pct "$(num top5 "$out/report-moco.json")")" "$(secs pretrain)"
 printf "%-40s %9s %9s %12s\n" "random-init encoder (same network)" "$(pct "$(num top1 "$out/report-random.json")")" \
     "$(pct "$(num top5 "$out/report-random.json")")" "-"
-printf "%-40s %9s %9s %12s\n" "raw pixels (784)" "$(pct "$(num top1 "$out/report-raw.json")")" \
+printf "%-40s %9s %9s %12s\n" "raw pixels" "$(pct "$(num top1 "$out/report-raw.json")")" \
     "$(pct "$(num top5 "$out/report-raw.json")")" "-"
 echo
 echo "seconds per stage:"
