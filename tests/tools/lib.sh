@@ -8,6 +8,18 @@ PHOTOS=$TOP/../shared/data/photos
 T=$(mktemp -d /tmp/moco-tool-test.XXXXXX)
 trap 'rm -rf "$T"' EXIT
 
+# fmnist_head N FILE: the first N images of Fashion-MNIST's test set as an (uncompressed) IDX file,
+# small real data for tests that train.
+fmnist_head() {
+    /usr/bin/python3 - "$1" "$2" <<'EOF'
+import gzip, struct, sys
+n, out = int(sys.argv[1]), sys.argv[2]
+raw = gzip.open("/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz").read()
+magic, _, rows, cols = struct.unpack(">IIII", raw[:16])
+open(out, "wb").write(struct.pack(">IIII", magic, n, rows, cols) + raw[16:16 + n * rows * cols])
+EOF
+}
+
 pass() { echo "PASS $1"; }
 fail() { echo "FAIL $1: $2"; }
 

@@ -7,19 +7,13 @@ P=$BIN/moco-pretrain
 I=$BIN/moco-inspect
 PY=/usr/bin/python3
 DIGEST=$TOP/tests/tools/stream_digest.py
-FMNIST=/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz
 digest() { $PY $DIGEST "$1" | cut -d' ' -f2; }
 MODEL="--arch resnet18 --cifar-stem --width 4 --dim 16 --queue 64 --momentum-key 0.99 --bn-groups 2 --batch 32 --lr 0.06 --wd 5e-4 --threads 2"
 AUG="--size 16 --scale 0.2,1 --jitter 0.4,0.4,0,0 --grayscale 0 --blur 0 --threads 2"
 
 # 256 Fashion-MNIST images (the first of the test set) as a small IDX file, then shards and 3 epochs
 # of pairs: 8 steps of 32 pairs per epoch.
-$PY - "$FMNIST" "$T/small-idx3-ubyte" <<'EOF'
-import gzip, struct, sys
-raw = gzip.open(sys.argv[1]).read()
-magic, n, rows, cols = struct.unpack(">IIII", raw[:16])
-open(sys.argv[2], "wb").write(struct.pack(">IIII", magic, 256, rows, cols) + raw[16:16 + 256 * rows * cols])
-EOF
+fmnist_head 256 "$T/small-idx3-ubyte"
 $S -q --out "$T/shards" "$T/small-idx3-ubyte"
 $A -q $AUG --epochs 3 --level 0 -o "$T/pairs.tsz" "$T/shards"
 

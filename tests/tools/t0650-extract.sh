@@ -7,15 +7,9 @@ P=$BIN/moco-pretrain
 X=$BIN/moco-extract
 I=$BIN/moco-inspect
 PY=/usr/bin/python3
-FMNIST=/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz
 MODEL="--arch resnet18 --cifar-stem --width 4 --dim 16 --queue 64 --momentum-key 0.99 --bn-groups 2 --batch 32 --threads 2"
 
-$PY - "$FMNIST" "$T/small-idx3-ubyte" <<'EOF'
-import gzip, struct, sys
-raw = gzip.open(sys.argv[1]).read()
-magic, n, rows, cols = struct.unpack(">IIII", raw[:16])
-open(sys.argv[2], "wb").write(struct.pack(">IIII", magic, 100, rows, cols) + raw[16:16 + 100 * rows * cols])
-EOF
+fmnist_head 100 "$T/small-idx3-ubyte"
 $S -q --out "$T/shards" "$T/small-idx3-ubyte"
 $A -q --size 16 --blur 0 --grayscale 0 --jitter 0.4,0.4,0,0 --epochs 2 --level 0 -o "$T/pairs.tsz" "$T/shards"
 $P -q $MODEL --out "$T/run" "$T/pairs.tsz"

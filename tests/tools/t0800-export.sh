@@ -10,16 +10,10 @@ P=$BIN/moco-pretrain
 X=$BIN/moco-export
 H=$HELPERS/ckpt_helper
 PY=/usr/bin/python3
-FMNIST=/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz
 AUG="--scale 0.2,1 --jitter 0.4,0.4,0,0 --grayscale 0 --blur 0 --threads 2 --epochs 1 --level 0"
 
 # 64 Fashion-MNIST images, as grey and as RGB shards; one epoch of pairs each; two steps of training
-$PY - "$FMNIST" "$T/small-idx3-ubyte" <<'EOF'
-import gzip, struct, sys
-raw = gzip.open(sys.argv[1]).read()
-magic, n, rows, cols = struct.unpack(">IIII", raw[:16])
-open(sys.argv[2], "wb").write(struct.pack(">IIII", magic, 64, rows, cols) + raw[16:16 + 64 * rows * cols])
-EOF
+fmnist_head 64 "$T/small-idx3-ubyte"
 $S -q --out "$T/grey" "$T/small-idx3-ubyte"
 $S -q --channels 3 --out "$T/rgb" "$T/small-idx3-ubyte"
 $A -q $AUG --size 16 -o "$T/pairs16.tsz" "$T/grey"
