@@ -843,6 +843,21 @@ void l2norm_backward(const float *y, const float *norms, const float *dy, int n,
     }
 }
 
+double softmax_cross_entropy_row(const float *row, int c, int64_t label, float scale, float *d_row)
+{
+    float mx = row[0];
+    for (int j = 1; j < c; j++)
+        mx = row[j] > mx ? row[j] : mx;
+    double sum = 0;
+    for (int j = 0; j < c; j++)
+        sum += exp((double)row[j] - mx);
+    double loss = log(sum) + mx - row[label];
+    if (d_row)
+        for (int j = 0; j < c; j++)
+            d_row[j] = (float)((exp((double)row[j] - mx) / sum - (j == label)) * scale);
+    return loss;
+}
+
 double softmax_cross_entropy(const float *logits, int n, int c, const int64_t *labels, float *dlogits,
                              int *top1, int *top5)
 {
@@ -852,21 +867,13 @@ double softmax_cross_entropy(const float *logits, int n, int c, const int64_t *l
     for (int i = 0; i < n; i++) {
         const float *row = logits + (size_t)i * c;
         int64_t label = labels[i];
-        float mx = row[0];
-        for (int j = 1; j < c; j++)
-            mx = row[j] > mx ? row[j] : mx;
-        double sum = 0;
-        for (int j = 0; j < c; j++)
-            sum += exp((double)row[j] - mx);
-        total += log(sum) + mx - row[label];
         int above = 0; /* logits at least as large as the label's, other than itself */
         for (int j = 0; j < c; j++)
             above += j != label && row[j] >= row[label];
         hits1 += above < 1;
         hits5 += above < 5;
-        if (dlogits)
-            for (int j = 0; j < c; j++)
-                dlogits[(size_t)i * c + j] = (float)((exp((double)row[j] - mx) / sum - (j == label)) / n);
+        total += softmax_cross_entropy_row(row, c, label, (float)(1.0 / n),
+                                           dlogits ? dlogits + (size_t)i * c : NULL);
     }
     if (top1)
         *top1 = hits1;

@@ -94,6 +94,9 @@ void l2norm_backward(const float *y, const float *norms, const float *dy, int n,
  * (ties counted against the label). Returns the loss. */
 double softmax_cross_entropy(const float *logits, int n, int c, const int64_t *labels, float *dlogits,
                              int *top1, int *top5);
+/* One row of it: returns -log softmax(row)[label]; when d_row is not NULL it gets
+ * (softmax(row) - onehot(label)) * scale (d_row may be row itself). */
+double softmax_cross_entropy_row(const float *row, int c, int64_t label, float scale, float *d_row);
 /* y (M,N) = alpha * A (M,K) B (K,N), or B^T when b_transposed (B stored (N,K)); OpenBLAS sgemm. */
 void matmul(const float *a, const float *b, float *y, int m, int n, int k, int b_transposed, float alpha);
 

@@ -381,17 +381,8 @@ static double evaluate(objective_ws *ws, double *grad)
         float scale = (float)(1.0 / (double)ws->n);
 #pragma omp parallel for schedule(static)
         for (int i = 0; i < m; i++) {
-            float *row = ws->logits + (size_t)i * k;
-            int64_t label = labels[i];
-            float mx = row[0];
-            for (int j = 1; j < k; j++)
-                mx = row[j] > mx ? row[j] : mx;
-            double sum = 0;
-            for (int j = 0; j < k; j++)
-                sum += exp((double)row[j] - mx);
-            ws->row_loss[i] = log(sum) + mx - row[label];
-            for (int j = 0; j < k; j++) /* row becomes d f / d logits */
-                row[j] = (float)((exp((double)row[j] - mx) / sum - (j == label)) * scale);
+            float *row = ws->logits + (size_t)i * k; /* becomes d f / d logits */
+            ws->row_loss[i] = softmax_cross_entropy_row(row, k, labels[i], scale, row);
         }
         for (int i = 0; i < m; i++) /* a fixed order: the same sum whatever the thread count */
             total += ws->row_loss[i];
