@@ -60,6 +60,14 @@ static int is_zstd_magic(uint32_t m)
     return m == ZSTD_MAGIC || (m & 0xfffffff0u) == 0x184d2a50u; /* frames and skippable frames */
 }
 
+int stream_magic(const void *first, size_t n)
+{
+    if (n < 4)
+        return 0;
+    uint32_t m = load_u32(first);
+    return m == RECORD_MAGIC || is_zstd_magic(m);
+}
+
 /* ================================ header ================================ */
 
 struct stream_header {

@@ -143,6 +143,10 @@ int stream_reader_parts(const stream_reader *r);
 const char *stream_reader_encoding(const stream_reader *r);
 void stream_reader_close(stream_reader *r);
 
+/* 1 when a file's first n bytes (n >= 4) start a tensor stream: a record or a zstd frame. Lets a tool
+ * tell a damaged stream (report the stream's error) from a file of another format. */
+int stream_magic(const void *first, size_t n);
+
 /* Make a pipe's kernel buffer large (1 MiB) when fd is a pipe: far fewer context switches when
  * hundreds of kilobytes pass per record. Harmless on files and terminals. */
 void stream_grow_pipe(int fd);

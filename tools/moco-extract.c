@@ -45,16 +45,16 @@ static const char usage[] =
     "  moco-augment --recipe eval --size 28 --resize 28 fmnist/ | moco-extract run/last.tsz -o f.feat\n"
     "Exit status: 0 done (or the reader went away), 1 failure, 2 usage error.\n";
 
-/* A tensor stream starts with a record ("TSZR") or a zstd frame (28 b5 2f fd). */
+/* Whether the file at path starts like a tensor stream. */
 static int looks_like_stream(const char *path)
 {
-    unsigned char magic[4] = {0};
+    unsigned char first[4];
     FILE *f = fopen(path, "rb");
     if (!f)
         return 0;
-    size_t n = fread(magic, 1, 4, f);
+    size_t n = fread(first, 1, sizeof first, f);
     fclose(f);
-    return n == 4 && (!memcmp(magic, "TSZR", 4) || !memcmp(magic, "\x28\xb5\x2f\xfd", 4));
+    return stream_magic(first, n);
 }
 
 /* The encoder of `path`, headless, ready for evaluation; NULL and err on failure. */
