@@ -60,6 +60,14 @@ static int is_zstd_magic(uint32_t m)
     return m == ZSTD_MAGIC || (m & 0xfffffff0u) == 0x184d2a50u; /* frames and skippable frames */
 }
 
+int stream_default_level(const char *path)
+{
+    struct stat st;
+    int to_stdout = !path || !strcmp(path, "-");
+    int to_pipe = to_stdout && fstat(STDOUT_FILENO, &st) == 0 && (S_ISFIFO(st.st_mode) || S_ISSOCK(st.st_mode));
+    return to_pipe ? 0 : 3;
+}
+
 int stream_magic(const void *first, size_t n)
 {
     if (n < 4)

@@ -143,6 +143,11 @@ int stream_reader_parts(const stream_reader *r);
 const char *stream_reader_encoding(const stream_reader *r);
 void stream_reader_close(stream_reader *r);
 
+/* The zstd level a tool writes at unless told: 0 (raw records: the reader is a process on the same
+ * machine, and compressing costs more than the copy) when path is NULL or "-" and standard output is
+ * a pipe or socket, 3 into a file. */
+int stream_default_level(const char *path);
+
 /* 1 when a file's first n bytes (n >= 4) start a tensor stream: a record or a zstd frame. Lets a tool
  * tell a damaged stream (report the stream's error) from a file of another format. */
 int stream_magic(const void *first, size_t n);

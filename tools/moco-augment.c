@@ -10,7 +10,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 #include <unistd.h>
 #ifdef _OPENMP
 #include <omp.h>
@@ -286,9 +285,7 @@ int main(int argc, char **argv)
     stream_header_set_reals(h, "std", 3, std);
 
     stream_options sopt = STREAM_OPTIONS_DEFAULT;
-    struct stat st;
-    int to_pipe = !out_path && fstat(STDOUT_FILENO, &st) == 0 && (S_ISFIFO(st.st_mode) || S_ISSOCK(st.st_mode));
-    sopt.level = level != -1000 ? (int)level : to_pipe ? 0 : 3;
+    sopt.level = level != -1000 ? (int)level : stream_default_level(out_path);
     sopt.zero_copy = zero_copy;
     r.out = stream_writer_open(out_path, &sopt, h, &err);
     stream_header_free(h);

@@ -9,7 +9,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
 #include "batcher.h"
@@ -221,9 +220,7 @@ int main(int argc, char **argv)
     snprintf(arch, sizeof arch, "resnet%d", net->cfg.depth);
     stream_header_set_str(oh, "arch", arch);
     stream_options so = STREAM_OPTIONS_DEFAULT;
-    struct stat st;
-    int to_pipe = !out_path && fstat(STDOUT_FILENO, &st) == 0 && (S_ISFIFO(st.st_mode) || S_ISSOCK(st.st_mode));
-    so.level = level != -1000 ? (int)level : to_pipe ? 0 : 3;
+    so.level = level != -1000 ? (int)level : stream_default_level(out_path);
     stream_writer *out = stream_writer_open(out_path, &so, oh, &err);
     stream_header_free(oh);
     if (!out) {
