@@ -125,6 +125,15 @@ static void *read_loop(void *arg)
     return NULL;
 }
 
+void batcher_normalisation(const stream_header *h, int have_mean, double mean[3], int have_std, double std[3])
+{
+    static const double imagenet_mean[3] = {0.485, 0.456, 0.406}, imagenet_std[3] = {0.229, 0.224, 0.225};
+    if (!have_mean && !stream_header_get_reals(h, "mean", 3, mean))
+        memcpy(mean, imagenet_mean, sizeof imagenet_mean);
+    if (!have_std && !stream_header_get_reals(h, "std", 3, std))
+        memcpy(std, imagenet_std, sizeof imagenet_std);
+}
+
 batcher *batcher_open(stream_reader *in, const char *name, const batcher_options *opt, moco_error *err)
 {
     if (opt->batch < 1 || opt->views < 1 || opt->views > BATCHER_MAX_VIEWS || opt->channels < 1 || opt->channels > 3 ||

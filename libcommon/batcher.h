@@ -37,6 +37,10 @@ typedef struct {
     int64_t *labels, *sample_ids;
 } batch;
 
+/* The normalisation a view stream asks for: its header's "mean" and "std", else ImageNet's (what
+ * DESIGN's recipe uses); only the ones whose have_* is 0 are filled (the rest came from options). */
+void batcher_normalisation(const stream_header *h, int have_mean, double mean[3], int have_std, double std[3]);
+
 typedef struct batcher batcher;
 
 /* Start reading `in` (named `name` in messages) on a thread. NULL and err on failure. */

@@ -194,10 +194,7 @@ int main(int argc, char **argv)
         backend_destroy(be);
         return bad;
     }
-    if (!have_mean && !stream_header_get_reals(ih, "mean", 3, mean))
-        mean[0] = 0.485, mean[1] = 0.456, mean[2] = 0.406;
-    if (!have_std && !stream_header_get_reals(ih, "std", 3, std))
-        std[0] = 0.229, std[1] = 0.224, std[2] = 0.225;
+    batcher_normalisation(ih, have_mean, mean, have_std, std);
 
     /* the output header: what moco-linear needs to schedule and label */
     stream_header *oh = stream_header_new("features", "moco-extract " MOCO_VERSION);

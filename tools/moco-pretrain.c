@@ -298,10 +298,7 @@ int main(int argc, char **argv)
     }
     if (!s.epochs)
         s.epochs = stream_header_get_int(ih, "epochs", 200);
-    if (!s.have_mean && !stream_header_get_reals(ih, "mean", 3, s.mean))
-        s.mean[0] = 0.485, s.mean[1] = 0.456, s.mean[2] = 0.406;
-    if (!s.have_std && !stream_header_get_reals(ih, "std", 3, s.std))
-        s.std[0] = 0.229, s.std[1] = 0.224, s.std[2] = 0.225;
+    batcher_normalisation(ih, s.have_mean, s.mean, s.have_std, s.std);
     if (samples < s.batch) {
         stream_reader_close(in);
         return cli_error("%s: %lld samples per epoch, fewer than one batch of %lld (header \"samples\")", name,
