@@ -88,16 +88,13 @@ static const char *resume_path(const char *p, char *buf, size_t len)
     return p;
 }
 
-/* The header every checkpoint of this run carries, with the position at `step`. */
-static stream_header *run_header(int argc, char **argv, const settings *s, int64_t step, int64_t steps_per_epoch,
-                                 int64_t consumed, int size)
+/* The header every checkpoint of this run carries; save() adds the position. */
+static stream_header *run_header(int argc, char **argv, const settings *s, int64_t steps_per_epoch, int size)
 {
+    static const char *const schedules[] = {[SCHEDULE_COS] = "cos", [SCHEDULE_STEP] = "step", [SCHEDULE_CONSTANT] = "constant"};
     stream_header *h = stream_header_new("checkpoint", "moco-pretrain " MOCO_VERSION);
     stream_header_set_args(h, argc, argv);
-    stream_header_set_int(h, "step", step);
     stream_header_set_int(h, "steps_per_epoch", steps_per_epoch);
-    stream_header_set_real(h, "epoch", (double)step / steps_per_epoch);
-    stream_header_set_int(h, "samples_consumed", consumed);
     stream_header_set_int(h, "epochs", s->epochs);
     stream_header_set_int(h, "batch", s->batch);
     stream_header_set_int(h, "seed", s->seed);
@@ -105,16 +102,20 @@ static stream_header *run_header(int argc, char **argv, const settings *s, int64
     stream_header_set_real(h, "lr", s->sched.base_lr);
     stream_header_set_real(h, "weight_decay", s->wd);
     stream_header_set_real(h, "momentum", s->momentum);
-    stream_header_set_str(h, "schedule", s->sched.kind == SCHEDULE_COS ? "cos" : "step");
+    stream_header_set_str(h, "schedule", schedules[s->sched.kind]);
     stream_header_set_reals(h, "mean", 3, s->mean);
     stream_header_set_reals(h, "std", 3, s->std);
     return h;
 }
 
-/* Save DIR/ckpt-EEEE.tsz (epoch_file > 0) and DIR/last.tsz (a hard link to it when possible). */
-static int save(const settings *s, stream_header *h, const moco *m, const sgd *opt, int64_t epoch_file,
-                moco_error *err)
+/* Save the state at `step` (after `consumed` samples) as DIR/ckpt-EEEE.tsz when epoch_file > 0, and
+ * as DIR/last.tsz (a hard link to it when possible). */
+static int save(const settings *s, stream_header *h, int64_t step, int64_t consumed, const moco *m, const sgd *opt,
+                int64_t epoch_file, moco_error *err)
 {
+    stream_header_set_int(h, "step", step);
+    stream_header_set_real(h, "epoch", (double)step / stream_header_get_int(h, "steps_per_epoch", 1));
+    stream_header_set_int(h, "samples_consumed", consumed);
     char last[4096], ckpt[4096], tmp[4200];
     snprintf(last, sizeof last, "%s/last.tsz", s->out);
     if (epoch_file <= 0)
@@ -348,6 +349,7 @@ int main(int argc, char **argv)
     signal(SIGTERM, on_signal);
 
     int64_t *perm = malloc(sizeof(int64_t) * s.batch);
+    stream_header *header = run_header(argc, argv, &s, steps_per_epoch, size);
     progress *bar = progress_start("moco-pretrain", total_steps - step, s.quiet);
     int terminal = isatty(STDERR_FILENO);
     double t_start = progress_now(), t_log = t_start, wait_log = 0, wait_epoch = 0, t_epoch = t_start;
@@ -417,9 +419,7 @@ int main(int argc, char **argv)
             int epoch_end = step % steps_per_epoch == 0;
             int due = epoch_end && s.save_every && done % s.save_every == 0;
             if (due || step == total_steps) {
-                stream_header *h = run_header(argc, argv, &s, step, steps_per_epoch, consumed, size);
-                rc = save(&s, h, m, &opt, epoch_end ? done : 0, &err);
-                stream_header_free(h);
+                rc = save(&s, header, step, consumed, m, &opt, epoch_end ? done : 0, &err);
                 if (rc)
                     break;
             }
@@ -427,14 +427,10 @@ int main(int argc, char **argv)
     }
     progress_finish(bar);
     if (!rc && start_step == total_steps) { /* nothing to train (--max-steps 0): save the state as it is */
-        stream_header *h = run_header(argc, argv, &s, step, steps_per_epoch, consumed, size);
-        rc = save(&s, h, m, &opt, 0, &err);
-        stream_header_free(h);
+        rc = save(&s, header, step, consumed, m, &opt, 0, &err);
     }
     if (!rc && stop_signal) { /* SIGINT / SIGTERM: keep what was done, resumable from here */
-        stream_header *h = run_header(argc, argv, &s, step, steps_per_epoch, consumed, size);
-        rc = save(&s, h, m, &opt, 0, &err);
-        stream_header_free(h);
+        rc = save(&s, header, step, consumed, m, &opt, 0, &err);
         if (!rc) {
             cli_warn("stopped by signal %d at step %lld; %s/last.tsz resumes from there", (int)stop_signal,
                      (long long)step, s.out);
@@ -449,6 +445,7 @@ int main(int argc, char **argv)
     if (log)
         metrics_close(log, rc ? NULL : &err);
     free(perm);
+    stream_header_free(header);
     sgd_free(&opt);
     moco_destroy(m);
     backend_destroy(be);
