@@ -381,9 +381,12 @@ struct batchnorm {
     /* data: the input x; out: y forward, dx backward; diff_data: dy */
     dnnl_memory_t data, out, diff_data, stat_mean, stat_var, scale, shift, diff_scale, diff_shift, workspace_mem;
     dnnl_memory_t eval_data, eval_out;
-    void *workspace;
+    void *workspace;   /* the fused ReLU's mask: ws_bytes per group, room for ws_groups groups */
+    size_t ws_bytes;
+    int ws_groups;
     float *mean, *var; /* the last training forward's statistics, groups * channels each */
     int groups, stats_capacity;
+    float *group_dweight, *group_dbias; /* one group's scale and shift gradients, summed over groups */
 };
 
 batchnorm *batchnorm_create(backend *b, int channels, int fuse_relu, moco_error *err)
@@ -407,6 +410,7 @@ static void batchnorm_release_train(batchnorm *bn)
         free_memory(mems[i]);
     free(bn->workspace);
     bn->workspace = NULL;
+    bn->ws_groups = 0;
     bn->n = 0;
 }
 
@@ -420,6 +424,8 @@ void batchnorm_destroy(batchnorm *bn)
     free_memory(&bn->eval_out);
     free(bn->mean);
     free(bn->var);
+    free(bn->group_dweight);
+    free(bn->group_dbias);
     free(bn);
 }
 
@@ -451,10 +457,9 @@ static int batchnorm_prepare_train(batchnorm *bn, int n, int h, int w, moco_erro
         goto done;
     if (bn->fuse_relu) {
         const dnnl_memory_desc_t *ws = dnnl_primitive_desc_query_md(fpd, dnnl_query_workspace_md, 0);
-        size_t bytes = dnnl_memory_desc_get_size(ws);
-        bn->workspace = aligned_alloc(64, (bytes + 63) / 64 * 64 + 64);
+        bn->ws_bytes = (dnnl_memory_desc_get_size(ws) + 63) / 64 * 64;
         bn->workspace_mem = unbound(b, ws);
-        if (!bn->workspace || !bn->workspace_mem) {
+        if (!bn->workspace_mem) {
             moco_fail(err, "out of memory for the batch norm workspace");
             goto done;
         }
@@ -498,11 +503,21 @@ int batchnorm_forward_train(batchnorm *bn, const float *x, int n, int h, int w, 
     if (bn->stats_capacity < groups * c) {
         free(bn->mean);
         free(bn->var);
+        free(bn->group_dweight);
+        free(bn->group_dbias);
         bn->mean = malloc(sizeof(float) * groups * c);
         bn->var = malloc(sizeof(float) * groups * c);
-        if (!bn->mean || !bn->var)
+        bn->group_dweight = malloc(sizeof(float) * c);
+        bn->group_dbias = malloc(sizeof(float) * c);
+        if (!bn->mean || !bn->var || !bn->group_dweight || !bn->group_dbias)
             return moco_fail(err, "out of memory");
         bn->stats_capacity = groups * c;
+    }
+    if (bn->workspace_mem && bn->ws_groups < groups) {
+        free(bn->workspace);
+        if (!(bn->workspace = aligned_alloc(64, bn->ws_bytes * groups + 64)))
+            return moco_fail(err, "out of memory for the batch norm workspace");
+        bn->ws_groups = groups;
     }
     bn->groups = groups;
     size_t group_size = (size_t)per_group * h * w * c;
@@ -513,13 +528,14 @@ int batchnorm_forward_train(batchnorm *bn, const float *x, int n, int h, int w, 
                                   {DNNL_ARG_VARIANCE, bind(bn->stat_var, bn->var + g * c)},
                                   {DNNL_ARG_SCALE, bind(bn->scale, weight)},
                                   {DNNL_ARG_SHIFT, bind(bn->shift, bias)},
-                                  {DNNL_ARG_WORKSPACE, bn->workspace_mem ? bind(bn->workspace_mem, bn->workspace) : NULL}};
+                                  {DNNL_ARG_WORKSPACE, bn->workspace_mem ? bind(bn->workspace_mem, (char *)bn->workspace + g * bn->ws_bytes) : NULL}};
         if (execute(bn->b, bn->fwd, bn->fuse_relu ? 7 : 6, args, err, "batch norm forward"))
             return MOCO_ERR;
     }
-    if (running_mean && groups == 1) {
-        /* PyTorch: running = (1 - 0.1) running + 0.1 batch, the variance made unbiased (n / (n - 1)). */
-        double count = (double)n * h * w;
+    if (running_mean) {
+        /* PyTorch: running = (1 - 0.1) running + 0.1 batch, the variance made unbiased (n / (n - 1)).
+         * With groups, the first group's statistics, as rank 0's under DDP's buffer broadcast. */
+        double count = (double)per_group * h * w;
         float unbias = (float)(count / (count - 1));
         for (int i = 0; i < c; i++) {
             running_mean[i] = 0.9f * running_mean[i] + 0.1f * bn->mean[i];
@@ -574,19 +590,29 @@ int batchnorm_forward_eval(batchnorm *bn, const float *x, int n, int h, int w, c
 int batchnorm_backward(batchnorm *bn, const float *x, const float *dy, const float *weight, const float *bias,
                        float *dx, float *dweight, float *dbias, moco_error *err)
 {
-    if (!bn->n || bn->groups != 1)
-        return moco_fail(err, "batch norm backward needs a training forward with one group first");
-    dnnl_exec_arg_t args[] = {{DNNL_ARG_SRC, bind(bn->data, x)},
-                              {DNNL_ARG_DIFF_DST, bind(bn->diff_data, dy)},
-                              {DNNL_ARG_DIFF_SRC, bind(bn->out, dx)},
-                              {DNNL_ARG_MEAN, bind(bn->stat_mean, bn->mean)},
-                              {DNNL_ARG_VARIANCE, bind(bn->stat_var, bn->var)},
-                              {DNNL_ARG_SCALE, bind(bn->scale, weight)},
-                              {DNNL_ARG_SHIFT, bind(bn->shift, bias)},
-                              {DNNL_ARG_DIFF_SCALE, bind(bn->diff_scale, dweight)},
-                              {DNNL_ARG_DIFF_SHIFT, bind(bn->diff_shift, dbias)},
-                              {DNNL_ARG_WORKSPACE, bn->workspace_mem ? bind(bn->workspace_mem, bn->workspace) : NULL}};
-    return execute(bn->b, bn->bwd, bn->fuse_relu ? 10 : 9, args, err, "batch norm backward");
+    if (!bn->n)
+        return moco_fail(err, "batch norm backward needs a training forward first");
+    /* one primitive run per group, each with its own statistics; the parameter gradients add up */
+    int c = bn->channels;
+    size_t group_size = (size_t)bn->n * bn->h * bn->w * c;
+    for (int g = 0; g < bn->groups; g++) {
+        float *dw = g ? bn->group_dweight : dweight, *db = g ? bn->group_dbias : dbias;
+        dnnl_exec_arg_t args[] = {{DNNL_ARG_SRC, bind(bn->data, x + g * group_size)},
+                                  {DNNL_ARG_DIFF_DST, bind(bn->diff_data, dy + g * group_size)},
+                                  {DNNL_ARG_DIFF_SRC, bind(bn->out, dx + g * group_size)},
+                                  {DNNL_ARG_MEAN, bind(bn->stat_mean, bn->mean + g * c)},
+                                  {DNNL_ARG_VARIANCE, bind(bn->stat_var, bn->var + g * c)},
+                                  {DNNL_ARG_SCALE, bind(bn->scale, weight)},
+                                  {DNNL_ARG_SHIFT, bind(bn->shift, bias)},
+                                  {DNNL_ARG_DIFF_SCALE, bind(bn->diff_scale, dw)},
+                                  {DNNL_ARG_DIFF_SHIFT, bind(bn->diff_shift, db)},
+                                  {DNNL_ARG_WORKSPACE, bn->workspace_mem ? bind(bn->workspace_mem, (char *)bn->workspace + g * bn->ws_bytes) : NULL}};
+        if (execute(bn->b, bn->bwd, bn->fuse_relu ? 10 : 9, args, err, "batch norm backward"))
+            return MOCO_ERR;
+        for (int i = 0; g && i < c; i++)
+            dweight[i] += dw[i], dbias[i] += db[i];
+    }
+    return MOCO_OK;
 }
 
 /* ---- max-pooling ---- */

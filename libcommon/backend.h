@@ -41,10 +41,11 @@ int conv2d_backward(conv2d *c, const float *x, const float *weight, const float 
 
 /* ---- batch normalisation, optionally fused with the ReLU that follows it ----
  * Training mode normalises with the batch's own statistics, split into `groups` consecutive slices of
- * N/groups samples each (shuffle-BN emulation; groups = 1 is plain BN), and saves mean and biased
- * variance (groups*C values each) for the backward pass. When running_mean is not NULL (only with
- * groups = 1) the running statistics are updated as PyTorch does: momentum 0.1, unbiased variance.
- * Evaluation mode normalises with the running statistics. eps = 1e-5. y may equal x. */
+ * N/groups samples each (groups = 1 is plain BN; more emulate shuffle BN's or data-parallel ranks'
+ * per-device batches), and saves mean and biased variance (groups*C values each) for the backward
+ * pass. When running_mean is not NULL the running statistics are updated as PyTorch does (momentum
+ * 0.1, unbiased variance) from the first group's statistics, as rank 0's are under DDP. Evaluation
+ * mode normalises with the running statistics. eps = 1e-5. y may equal x. */
 typedef struct batchnorm batchnorm;
 batchnorm *batchnorm_create(backend *b, int channels, int fuse_relu, moco_error *err);
 void batchnorm_destroy(batchnorm *bn);
@@ -54,8 +55,9 @@ int batchnorm_forward_train(batchnorm *bn, const float *x, int n, int h, int w, 
 int batchnorm_forward_eval(batchnorm *bn, const float *x, int n, int h, int w, const float *weight,
                            const float *bias, const float *running_mean, const float *running_var,
                            float *y, moco_error *err);
-/* After a training forward with groups = 1: x is that forward's input, dy the gradient of its output
- * (after the fused ReLU, when fused); oneDNN wants the shift (bias) too. dx may equal dy. */
+/* After a training forward: x is that forward's input, dy the gradient of its output (after the fused
+ * ReLU, when fused); oneDNN wants the shift (bias) too. dx may equal dy. Each group is differentiated
+ * with its own statistics; dweight and dbias are summed over the groups. */
 int batchnorm_backward(batchnorm *bn, const float *x, const float *dy, const float *weight, const float *bias,
                        float *dx, float *dweight, float *dbias, moco_error *err);
 

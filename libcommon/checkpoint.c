@@ -27,6 +27,7 @@ void checkpoint_describe(stream_header *h, const moco *m)
     stream_header_set_real(h, "key_momentum", m->cfg.key_momentum);
     stream_header_set_real(h, "temperature", m->cfg.temperature);
     stream_header_set_int(h, "bn_groups", m->cfg.bn_groups);
+    stream_header_set_int(h, "query_bn_groups", m->cfg.query_bn_groups);
     stream_header_set_int(h, "queue_ptr", m->queue_ptr);
 }
 
@@ -48,6 +49,7 @@ int checkpoint_config(const stream_header *h, resnet_config *enc, moco_config *c
         .key_momentum = stream_header_get_real(h, "key_momentum", 0.999),
         .temperature = stream_header_get_real(h, "temperature", 0.2),
         .bn_groups = (int)stream_header_get_int(h, "bn_groups", 1),
+        .query_bn_groups = (int)stream_header_get_int(h, "query_bn_groups", 1),
     };
     if (resnet_config_check(enc, err))
         return moco_prefix(err, "checkpoint header");

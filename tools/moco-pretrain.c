@@ -376,7 +376,7 @@ int main(int argc, char **argv)
         double lr = schedule_lr(&s.sched, epoch + (double)(step % steps_per_epoch) / steps_per_epoch);
         moco_permutation((int)s.batch, (uint64_t)s.seed, step, perm);
         moco_result r;
-        if (moco_step(m, b.views[0], b.views[1], b.n, size, size, perm, &r, &err)) {
+        if (moco_step(m, b.views[0], b.views[1], b.n, size, size, perm, NULL, &r, &err)) {
             rc = moco_prefix(&err, "step %lld", (long long)step);
             break;
         }

@@ -123,7 +123,7 @@ int main(int argc, char **argv)
         normalise(pair, im_q, pixels, (int)in_c);
         normalise(pair + batch * view, im_k, pixels, (int)in_c);
         moco_permutation((int)batch, 0, s, perm);
-        if (moco_step(net, im_q, im_k, (int)batch, (int)size, (int)size, perm, &res, &err))
+        if (moco_step(net, im_q, im_k, (int)batch, (int)size, (int)size, perm, NULL, &res, &err))
             return cli_error("step %lld: %s", (long long)s, err.msg);
         sgd_step(&opt, net->q->param, net->q->grad, 0.03);
         if (s >= warmup)

@@ -208,7 +208,7 @@ TEST(test_conv2d_backward_matches_finite_differences)
 typedef struct {
     batchnorm *bn;
     float *x, *weight, *bias, *y, *r;
-    int n, h, w;
+    int n, h, w, groups;
     size_t count;
 } bn_case;
 
@@ -216,14 +216,15 @@ static double bn_loss(void *ctx)
 {
     bn_case *c = ctx;
     moco_error err;
-    if (batchnorm_forward_train(c->bn, c->x, c->n, c->h, c->w, 1, c->weight, c->bias, c->y, NULL, NULL, &err))
+    if (batchnorm_forward_train(c->bn, c->x, c->n, c->h, c->w, c->groups, c->weight, c->bias, c->y, NULL, NULL, &err))
         return NAN;
     return dot(c->y, c->r, c->count);
 }
 
-/* Training-mode BN (batch statistics, so every output depends on every input of its channel), with
- * or without the fused ReLU, against differences in x, weight and bias. */
-static void check_batchnorm(int fuse_relu)
+/* Training-mode BN (batch statistics, so every output depends on every input of its channel and
+ * group), with or without the fused ReLU, in one or two groups, against differences in x, weight
+ * and bias. */
+static void check_batchnorm(int fuse_relu, int groups)
 {
     enum { N = 4, H = 5, W = 5, C = 5, COUNT = N * H * W * C };
     static float x[COUNT], y[COUNT], r[COUNT], dx[COUNT];
@@ -240,52 +241,83 @@ static void check_batchnorm(int fuse_relu)
     fill(dx, COUNT, STALE);
     fill(dweight, C, STALE);
     fill(dbias, C, STALE);
-    CHECK_OK(batchnorm_forward_train(bn, x, N, H, W, 1, weight, bias, y, NULL, NULL, &err), &err);
+    CHECK_OK(batchnorm_forward_train(bn, x, N, H, W, groups, weight, bias, y, NULL, NULL, &err), &err);
     CHECK_OK(batchnorm_backward(bn, x, r, weight, bias, dx, dweight, dbias, &err), &err);
-    bn_case c = {bn, x, weight, bias, y, r, N, H, W, COUNT};
+    bn_case c = {bn, x, weight, bias, y, r, N, H, W, groups, COUNT};
     /* a step of a weight or bias moves its whole channel: smaller, so a kink inside it is rare */
     gradcheck gx = {.loss = bn_loss, .ctx = &c, .step = 1e-2}, gw = {.loss = bn_loss, .ctx = &c, .step = 1e-3}, gb = gw;
     probe_some(&gx, x, dx, COUNT, 60, 14);
     probe_some(&gw, weight, dweight, C, C, 0);
     probe_some(&gb, bias, dbias, C, C, 0);
     batchnorm_destroy(bn);
-    CHECK_GRADIENTS(&gx, fuse_relu ? "batchnorm+relu dx" : "batchnorm dx", 2e-3, 0);
-    CHECK_GRADIENTS(&gw, fuse_relu ? "batchnorm+relu dweight" : "batchnorm dweight", 2e-3, 0);
-    CHECK_GRADIENTS(&gb, fuse_relu ? "batchnorm+relu dbias" : "batchnorm dbias", 2e-3, 0);
+    char what[64];
+    const char *name = fuse_relu ? "batchnorm+relu" : "batchnorm";
+    snprintf(what, sizeof what, "%s/%d dx", name, groups);
+    CHECK_GRADIENTS(&gx, what, 2e-3, 0);
+    snprintf(what, sizeof what, "%s/%d dweight", name, groups);
+    CHECK_GRADIENTS(&gw, what, 2e-3, 0);
+    snprintf(what, sizeof what, "%s/%d dbias", name, groups);
+    CHECK_GRADIENTS(&gb, what, 2e-3, fuse_relu && groups > 1); /* a bias step moves a whole group past ReLU kinks */
 }
 
-TEST(test_batchnorm_backward_matches_finite_differences) { check_batchnorm(0); }
+TEST(test_batchnorm_backward_matches_finite_differences) { check_batchnorm(0, 1); }
 
-TEST(test_batchnorm_relu_backward_matches_finite_differences) { check_batchnorm(1); }
+TEST(test_batchnorm_relu_backward_matches_finite_differences) { check_batchnorm(1, 1); }
+
+/* in groups (the query encoder standing for data-parallel ranks): each group's own statistics */
+TEST(test_batchnorm_groups_backward_matches_finite_differences)
+{
+    check_batchnorm(0, 2);
+    check_batchnorm(1, 2);
+}
 
 TEST(test_batchnorm_groups_normalise_each_slice_alone)
 {
     enum { N = 6, G = 3, H = 4, W = 4, C = 3, COUNT = N * H * W * C, SLICE = COUNT / G };
-    static float x[COUNT], grouped[COUNT], sliced[COUNT], whole[COUNT];
+    static float x[COUNT], grouped[COUNT], sliced[COUNT], whole[COUNT], dy[COUNT], dx_grouped[COUNT], dx_sliced[COUNT];
     float weight[C], bias[C];
     fill_normal(x, COUNT, 20, 0, 1);
     for (int i = 0; i < COUNT; i++) /* each sample its own offset, so the groups' statistics differ */
         x[i] += 0.5f * (i / (H * W * C));
     fill_normal(weight, C, 21, 1, 0.3);
     fill_normal(bias, C, 22, 0, 0.3);
+    fill_normal(dy, COUNT, 23, 0, 1);
     for (int fuse = 0; fuse <= 1; fuse++) {
         moco_error err = {{0}};
         batchnorm *all = batchnorm_create(be, C, fuse, &err), *one = batchnorm_create(be, C, fuse, &err);
         CHECK_OK(all && one ? 0 : -1, &err);
-        CHECK_OK(batchnorm_forward_train(all, x, N, H, W, G, weight, bias, grouped, NULL, NULL, &err), &err);
-        for (int g = 0; g < G; g++)
+        /* running statistics: the first group's, as rank 0 keeps under DDP */
+        float mean_all[C], var_all[C], mean_one[C], var_one[C];
+        fill(mean_all, C, 0.5f), fill(var_all, C, 2), fill(mean_one, C, 0.5f), fill(var_one, C, 2);
+        float dw_all[C], db_all[C], dw_sum[C] = {0}, db_sum[C] = {0}, dw[C], db[C];
+        CHECK_OK(batchnorm_forward_train(all, x, N, H, W, G, weight, bias, grouped, mean_all, var_all, &err), &err);
+        CHECK_OK(batchnorm_backward(all, x, dy, weight, bias, dx_grouped, dw_all, db_all, &err), &err);
+        /* each slice alone, forward and backward: the grouped gradients are these, summed for the parameters */
+        for (int g = 0; g < G; g++) {
             CHECK_OK(batchnorm_forward_train(one, x + g * SLICE, N / G, H, W, 1, weight, bias, sliced + g * SLICE,
-                                             NULL, NULL, &err),
+                                             g ? NULL : mean_one, g ? NULL : var_one, &err),
                      &err);
+            CHECK_OK(batchnorm_backward(one, x + g * SLICE, dy + g * SLICE, weight, bias, dx_sliced + g * SLICE, dw, db, &err),
+                     &err);
+            for (int i = 0; i < C; i++)
+                dw_sum[i] += dw[i], db_sum[i] += db[i];
+        }
+        for (int i = 0; i < C; i++) {
+            CHECK(mean_all[i] == mean_one[i] && var_all[i] == var_one[i] && mean_one[i] != 0.5f);
+            CHECK(fabsf(dw_all[i] - dw_sum[i]) <= 1e-5f * (1 + fabsf(dw_sum[i])));
+            CHECK(fabsf(db_all[i] - db_sum[i]) <= 1e-5f * (1 + fabsf(db_sum[i])));
+        }
         CHECK_OK(batchnorm_forward_train(one, x, N, H, W, 1, weight, bias, whole, NULL, NULL, &err), &err);
         batchnorm_destroy(all);
         batchnorm_destroy(one);
-        double same = 0, apart = 0;
+        double same = 0, apart = 0, dx_apart = 0;
         for (int i = 0; i < COUNT; i++) {
             same = fmax(same, fabs(grouped[i] - sliced[i]));
             apart = fmax(apart, fabs(grouped[i] - whole[i]));
+            dx_apart = fmax(dx_apart, fabs(dx_grouped[i] - dx_sliced[i]));
         }
         CHECK(same <= 1e-6);
+        CHECK(dx_apart <= 1e-5);
         CHECK(apart > 0.1); /* and the groups really are not one batch */
     }
 }
@@ -587,7 +619,7 @@ static double moco_loss(void *ctx)
     m->queue_ptr = c->queue_ptr;
     moco_result res;
     moco_error err;
-    if (moco_step(m, c->im_q, c->im_k, c->n, c->h, c->w, c->perm, &res, &err))
+    if (moco_step(m, c->im_q, c->im_k, c->n, c->h, c->w, c->perm, NULL, &res, &err))
         return NAN;
     return res.loss;
 }
@@ -618,7 +650,7 @@ TEST(test_moco_query_gradient_matches_finite_differences_of_loss)
     memcpy(queue, m->queue, sizeof(float) * nq);
     int64_t queue_ptr = m->queue_ptr;
     moco_result res;
-    CHECK_OK(moco_step(m, im_q, im_k, N, S, S, perm, &res, &err), &err);
+    CHECK_OK(moco_step(m, im_q, im_k, N, S, S, perm, NULL, &res, &err), &err);
     CHECK(m->queue_ptr == (queue_ptr + N) % cfg.queue_size);
     memcpy(grad, m->q->grad, sizeof(float) * np);
     /* The keys are constants of the loss (the original computes them under no_grad): hold the key
@@ -652,6 +684,7 @@ int main(void)
     RUN(test_batchnorm_backward_matches_finite_differences);
     RUN(test_batchnorm_relu_backward_matches_finite_differences);
     RUN(test_batchnorm_groups_normalise_each_slice_alone);
+    RUN(test_batchnorm_groups_backward_matches_finite_differences);
     RUN(test_maxpool_backward_matches_finite_differences);
     RUN(test_avgpool_backward_matches_finite_differences);
     RUN(test_linear_backward_matches_finite_differences);

@@ -108,7 +108,7 @@ TEST(test_parity_moco_two_steps_match_pytorch)
         int64_t p[8];
         memcpy(p, perm->data, sizeof p);
         moco_result r;
-        CHECK_OK(moco_step(m, im_q, im_k, n, s, s, p, &r, &err), &err);
+        CHECK_OK(moco_step(m, im_q, im_k, n, s, s, p, NULL, &r, &err), &err);
         snprintf(key, sizeof key, "step%d.logits", step);
         CHECK_CLOSE(st, key, m->logits, (size_t)n * 65);
         float loss = (float)r.loss;
