@@ -19,6 +19,14 @@ CPPFLAGS  += -Ilibcommon -DMOCO_VERSION='"$(VERSION)"' $(shell pkg-config --cfla
 ALL_CFLAGS = -std=c11 -D_GNU_SOURCE -Wall -Wextra -Wshadow -Wno-format-truncation -pthread -fopenmp $(SAN) $(CFLAGS)
 LDLIBS    += $(shell pkg-config --libs $(PKGS)) -ldnnl -llbfgs -lm -pthread -fopenmp
 
+# MPI (dist.c, linked into moco-pretrain): when an MPI's pkg-config file is found; without it a
+# process started by mpirun is told the build has no MPI.
+MPI_PC    := $(firstword $(foreach p,mpi-c ompi-c mpich,$(shell pkg-config --exists $(p) 2>/dev/null && echo $(p))))
+ifneq ($(MPI_PC),)
+  MPI_CFLAGS := -DMOCO_HAVE_MPI $(shell pkg-config --cflags $(MPI_PC))
+  MPI_LIBS   := $(shell pkg-config --libs $(MPI_PC))
+endif
+
 # CUDA: built when nvcc and cudnn.h are both found, unless CUDA=0.
 CUDA_HOME ?= /usr/local/cuda
 NVCC      ?= $(shell command -v nvcc 2>/dev/null || { test -x $(CUDA_HOME)/bin/nvcc && echo $(CUDA_HOME)/bin/nvcc; })
@@ -66,6 +74,9 @@ $(BUILD)/%.o: %.c $(wildcard libcommon/*.h) | $(BUILD)/libcommon $(BUILD)/tools 
 
 # The resampler is the hot loop of moco-shard and moco-augment: -O3 vectorises it further.
 $(BUILD)/libcommon/resample.o: OPT = -O3
+
+$(BUILD)/libcommon/dist.o: CPPFLAGS += $(MPI_CFLAGS)
+$(BUILD)/bin/moco-pretrain: LDLIBS += $(MPI_LIBS)
 
 $(LIB): $(LIB_OBJ)
 	rm -f $@ && ar rcs $@ $^

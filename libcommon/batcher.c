@@ -98,6 +98,8 @@ static void *read_loop(void *arg)
             b->records++;
             if (b->records <= b->opt.skip)
                 continue;
+            if (b->opt.shares > 1 && (b->records - b->opt.skip - 1) / b->opt.batch % b->opt.shares != b->opt.share)
+                continue; /* another rank's batch */
             if (take_record(b, s, n, &rec, &err)) {
                 rc = MOCO_ERR;
                 break;
@@ -136,7 +138,7 @@ void batcher_normalisation(const stream_header *h, int have_mean, double mean[3]
 
 batcher *batcher_open(stream_reader *in, const char *name, const batcher_options *opt, moco_error *err)
 {
-    if (opt->batch < 1 || opt->views < 1 || opt->views > BATCHER_MAX_VIEWS || opt->channels < 1 || opt->channels > 3 ||
+    if (opt->batch < 1 || opt->shares < 0 || opt->share < 0 || (opt->shares > 1 && opt->share >= opt->shares) || opt->views < 1 || opt->views > BATCHER_MAX_VIEWS || opt->channels < 1 || opt->channels > 3 ||
         opt->size < 1) {
         moco_fail(err, "%s: batches of %d, %d views of %dx%dx%d: out of range", name, opt->batch, opt->views,
                   opt->size, opt->size, opt->channels);

@@ -23,6 +23,8 @@ typedef struct {
     int size, channels;  /* every record must have these */
     double mean[3], std[3];
     int64_t skip;        /* records to read and drop first (a resumed run) */
+    int share, shares;   /* ranks sharing one stream: after the skip, keep only batch-sized runs of
+                            records share, share + shares, ... (shares 0 or 1: keep all) */
     int keep_last;       /* deliver a final partial batch (extraction); training drops it */
     int strict;          /* a damaged record stops the stream instead of being skipped */
     /* when not NULL and set (by a signal handler), a waiting batcher_next returns BATCHER_INTERRUPTED */

@@ -21,8 +21,9 @@
  * rank enqueues all R n keys. One process with batch R n, query_bn_groups R and bn_groups R computes
  * the same step; the caller averages the gradients over the ranks (dist.h).
  *
- * The key encoder's running statistics are not updated (with G > 1 neither are the peer's): the key
- * encoder always runs in training mode, and evaluation uses the query encoder.
+ * The key encoder's running statistics are updated like the query's, from its first BN group (what
+ * rank 0 keeps in the original; the peer's SplitBN leaves them alone when G > 1). Nothing uses them:
+ * the key encoder always runs in training mode, and evaluation uses the query encoder.
  * The queue is (K, dim), row j holding key j (the original keeps its transpose, (dim, K)). */
 #ifndef MOCO_MOCO_H
 #define MOCO_MOCO_H

@@ -425,12 +425,10 @@ static int unit_forward(resnet *net, unit *u, const float *x, int train, int gro
     resnet_layers *L = net->layers;
     float *P = net->param, *B = net->buffer;
     u->in = x;
-    int track = groups == 1 || L->trainable; /* see resnet_forward in resnet.h */
     if (conv2d_forward(u->conv, x, L->n, u->h, u->w, P + u->weight, u->conv_out, err))
         return moco_prefix(err, "%dx%d conv %d->%d", u->kernel, u->kernel, u->in_c, u->out_c);
     int rc = train ? batchnorm_forward_train(u->bn, u->conv_out, L->n, u->oh, u->ow, groups, P + u->bn_weight,
-                                             P + u->bn_bias, u->out, track ? B + u->running_mean : NULL,
-                                             track ? B + u->running_var : NULL, err)
+                                             P + u->bn_bias, u->out, B + u->running_mean, B + u->running_var, err)
                    : batchnorm_forward_eval(u->bn, u->conv_out, L->n, u->oh, u->ow, P + u->bn_weight, P + u->bn_bias,
                                             B + u->running_mean, B + u->running_var, u->out, err);
     return rc ? moco_prefix(err, "batch norm of %d channels", u->out_c) : MOCO_OK;
@@ -470,7 +468,7 @@ int resnet_forward(resnet *net, const float *x, int n, int h, int w, int train, 
         unit *last = &blk->units[blk->nunits - 1];
         add_relu_forward(blk->out, shortcut, (size_t)n * last->oh * last->ow * last->out_c);
     }
-    if (train && (bn_groups == 1 || L->trainable))
+    if (train)
         net->num_batches_tracked++;
     int f = net->feature_dim, d = net->cfg.out_dim;
     float *P = net->param;

@@ -74,11 +74,9 @@ const resnet_tensor *resnet_find(const resnet *net, const char *name);
 void resnet_copy(resnet *dst, const resnet *src);
 
 /* Forward pass over x (N,H,W,C). train != 0: batch statistics, normalised in bn_groups consecutive
- * slices of N / bn_groups samples; train == 0: running statistics. Running statistics are updated
- * with one group, and on a trainable net (the query encoder) with several too, from the first group:
- * its groups stand for data-parallel ranks, whose rank 0 keeps them. A forward-only net with groups
- * (the key encoder's shuffle BN) leaves them alone, as the peer's does. Results in net->output and
- * net->pooled, valid until the next forward. */
+ * slices of N / bn_groups samples, the running statistics updated from the first group's (groups
+ * stand for data-parallel ranks, and rank 0's are the ones DDP keeps); train == 0: running
+ * statistics. Results in net->output and net->pooled, valid until the next forward. */
 int resnet_forward(resnet *net, const float *x, int n, int h, int w, int train, int bn_groups, moco_error *err);
 /* Backward from the gradient of net->output (N, out_dim) after a training forward on a trainable
  * net (each BN group differentiated with its own statistics); every parameter's gradient is written (not accumulated) into net->grad. */

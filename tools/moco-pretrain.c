@@ -13,10 +13,12 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
+#include <xxhash.h>
 
 #include "batcher.h"
 #include "checkpoint.h"
 #include "cli.h"
+#include "dist.h"
 #include "metrics.h"
 #include "moco.h"
 #include "optim.h"
@@ -74,7 +76,8 @@ typedef struct {
     lr_schedule sched;
     const char *out, *resume, *log, *milestones;
     double mean[3], std[3];
-    int have_mean, have_std;
+    int have_mean, have_std, have_groups;
+    double rank_timeout;
 } settings;
 
 /* Path of a checkpoint to resume from: a file, or DIR/last.tsz. */
@@ -89,14 +92,15 @@ static const char *resume_path(const char *p, char *buf, size_t len)
 }
 
 /* The header every checkpoint of this run carries; save() adds the position. */
-static stream_header *run_header(int argc, char **argv, const settings *s, int64_t steps_per_epoch, int size)
+static stream_header *run_header(int argc, char **argv, const settings *s, int64_t steps_per_epoch, int size, int ranks)
 {
     static const char *const schedules[] = {[SCHEDULE_COS] = "cos", [SCHEDULE_STEP] = "step", [SCHEDULE_CONSTANT] = "constant"};
     stream_header *h = stream_header_new("checkpoint", "moco-pretrain " MOCO_VERSION);
     stream_header_set_args(h, argc, argv);
     stream_header_set_int(h, "steps_per_epoch", steps_per_epoch);
     stream_header_set_int(h, "epochs", s->epochs);
-    stream_header_set_int(h, "batch", s->batch);
+    stream_header_set_int(h, "batch", s->batch); /* per rank */
+    stream_header_set_int(h, "ranks", ranks);
     stream_header_set_int(h, "seed", s->seed);
     stream_header_set_int(h, "size", size);
     stream_header_set_real(h, "lr", s->sched.base_lr);
@@ -163,13 +167,329 @@ static moco *start_model(settings *s, backend *be, sgd *opt, int64_t *step, int6
     return NULL;
 }
 
+/* Rank 0's message, or every rank's prefixed with its rank in a run of several. */
+static int report(const dist *d, const moco_error *err)
+{
+    if (dist_size(d) > 1)
+        return cli_error("rank %d: %s", dist_rank(d), err->msg);
+    return cli_error("%s", err->msg);
+}
+
+/* All ranks learn whether any failed (this one when `failed`): 0 when none did, else 1 + the lowest
+ * failed rank. A rank that did not fail and hears of a failure says so; the failed one has spoken. */
+static int agree(dist *d, int failed, const char *when, moco_error *err)
+{
+    double v = failed ? dist_rank(d) : dist_size(d);
+    if (dist_reduce(d, &v, 1, DIST_MIN, "status", err))
+        return -1;
+    if ((int)v == dist_size(d))
+        return 0;
+    if (!failed)
+        cli_error("rank %d: stopping %s: rank %d failed", dist_rank(d), when, (int)v);
+    return 1 + (int)v;
+}
+
+/* The ranks must hold the same encoders and queue: a digest of each, compared over the ranks (at
+ * the start and at each checkpoint). */
+static int same_state(dist *d, const moco *m, int64_t step, moco_error *err)
+{
+    if (dist_size(d) == 1)
+        return MOCO_OK;
+    uint64_t mine[3] = {XXH3_64bits(m->q->param, sizeof(float) * m->q->param_count),
+                        XXH3_64bits(m->k->param, sizeof(float) * m->k->param_count),
+                        XXH3_64bits(m->queue, sizeof(float) * m->cfg.queue_size * m->dim)};
+    uint64_t *all = malloc(sizeof(uint64_t) * dist_size(d));
+    if (!all)
+        return moco_fail(err, "out of memory");
+    static const char *const what[] = {"query encoder", "key encoder", "queue"};
+    int rc = MOCO_OK;
+    for (int k = 0; k < 3 && !rc; k++) {
+        rc = dist_allgather_u64(d, mine[k], all, "state digest", err);
+        for (int r = 1; r < dist_size(d) && !rc; r++)
+            if (all[r] != all[0])
+                rc = moco_fail(err, "step %lld: the ranks' %s differ (rank %d's from rank 0's)", (long long)step, what[k], r);
+    }
+    free(all);
+    return rc;
+}
+
+/* Everything after the options: the input, the model, the loop. Returns the exit status. */
+static int pretrain(settings *s, dist *d, int argc, char **argv, const char *in_path)
+{
+    int rank = dist_rank(d), ranks = dist_size(d);
+    moco_error err = {{0}};
+    stream_reader *in = NULL;
+    backend *be = NULL;
+    moco *m = NULL;
+    sgd opt = {0};
+    metrics_log *log = NULL;
+    batcher *feed = NULL;
+    int64_t step = 0, consumed = 0, samples = 0, first_epoch = 0, steps_per_epoch = 0, total_steps = 0;
+    int size = 0, channels = 0, shared = 1, failed = 1;
+    const char *name = strcmp(in_path, "-") ? in_path : "standard input";
+
+    /* the input's header says what the views are and how many make an epoch */
+    if (!(in = stream_reader_open(in_path, NULL, &err)))
+        goto setup_done;
+    stream_grow_pipe(STDIN_FILENO);
+    const stream_header *ih = stream_reader_header(in);
+    if (strcmp(stream_header_kind(ih), "views")) {
+        moco_fail(&err, "%s: a \"%s\" stream; moco-pretrain reads view pairs from moco-augment", name, stream_header_kind(ih));
+        goto setup_done;
+    }
+    int views = (int)stream_header_get_int(ih, "views", 0);
+    size = (int)stream_header_get_int(ih, "size", 0);
+    channels = (int)stream_header_get_int(ih, "channels", 3);
+    samples = stream_header_get_int(ih, "samples", 0), first_epoch = stream_header_get_int(ih, "first_epoch", 0);
+    /* a stream of moco-augment --part i/R is this rank's own; a whole one is shared, batch by batch */
+    int part = (int)stream_header_get_int(ih, "part", 0), parts = (int)stream_header_get_int(ih, "parts", 1);
+    shared = parts == 1;
+    if (views < 2) {
+        moco_fail(&err, "%s: %d view(s) per sample; MoCo needs pairs (moco-augment --recipe v2 or v1)", name, views);
+        goto setup_done;
+    }
+    if (!shared && parts != ranks) {
+        moco_fail(&err, "%s: part %d of %d (moco-augment --part), but the run has %d rank(s): give each rank its part "
+                  "of %d, or every rank the whole stream", name, part, parts, ranks, ranks);
+        goto setup_done;
+    }
+    if (!s->enc.in_channels)
+        s->enc.in_channels = channels;
+    if (s->enc.in_channels != channels) {
+        moco_fail(&err, "%s: views have %d channel(s), the encoder takes %d", name, channels, s->enc.in_channels);
+        goto setup_done;
+    }
+    if (!s->epochs)
+        s->epochs = stream_header_get_int(ih, "epochs", 200);
+    batcher_normalisation(ih, s->have_mean, s->mean, s->have_std, s->std);
+    int64_t per_step = shared ? s->batch * ranks : s->batch; /* records of this stream each step takes */
+    if (samples < per_step) {
+        moco_fail(&err, "%s: %lld samples per epoch, fewer than one step's %lld (header \"samples\")", name,
+                  (long long)samples, (long long)per_step);
+        goto setup_done;
+    }
+    steps_per_epoch = samples / per_step;
+    /* the model: fresh, or as a checkpoint left it */
+    if (!(be = backend_create((int)s->threads, &err)) || !(m = start_model(s, be, &opt, &step, &consumed, &err)))
+        goto setup_done;
+    if (rank == 0 && mkdir(s->out, 0777) && errno != EEXIST) {
+        moco_fail(&err, "%s: %s", s->out, strerror(errno));
+        goto setup_done;
+    }
+    if (rank == 0 && s->log && !(log = metrics_open(s->log, &err)))
+        goto setup_done;
+    /* where this rank's stream resumes: the checkpoint counts the samples of all ranks */
+    if (consumed % ranks) {
+        moco_fail(&err, "the checkpoint's %lld samples do not split over %d ranks", (long long)consumed, ranks);
+        goto setup_done;
+    }
+    int64_t skip = (shared ? consumed : consumed / ranks) - first_epoch * samples;
+    if (skip < 0) {
+        moco_fail(&err, "%s starts at epoch %lld, after the checkpoint's %lld samples: give the stream from epoch %lld",
+                  name, (long long)first_epoch, (long long)consumed, (long long)(consumed / ranks / (steps_per_epoch * s->batch)));
+        goto setup_done;
+    }
+    batcher_options bo = {.batch = (int)s->batch, .views = 2, .size = size, .channels = channels, .skip = skip,
+                          .share = shared ? rank : 0, .shares = shared ? ranks : 1, .interrupt = &stop_signal};
+    memcpy(bo.mean, s->mean, sizeof bo.mean);
+    memcpy(bo.std, s->std, sizeof bo.std);
+    feed = batcher_open(in, name, &bo, &err); /* owns `in` from here, even when it fails */
+    in = NULL;
+    if (!feed)
+        goto setup_done;
+    failed = 0;
+setup_done:
+    if (failed)
+        report(d, &err);
+    /* every rank started, or all stop; then they agree on the length of the run and the settings */
+    int agreed = agree(d, failed, "before training", &err);
+    if (agreed < 0)
+        goto fail_reported;
+    if (agreed)
+        goto fail;
+    double check[] = {(double)steps_per_epoch, (double)s->epochs, (double)s->batch, (double)s->seed, (double)size,
+                      (double)s->max_steps, (double)m->q->param_count, (double)m->cfg.queue_size, (double)step,
+                      (double)shared};
+    static const char *const check_names[] = {"steps per epoch", "epochs", "--batch", "--seed", "the view size",
+                                              "--max-steps", "the model", "--queue", "the checkpoint's step",
+                                              "whether the input is shared"};
+    enum { NCHECK = sizeof check / sizeof *check };
+    double low[NCHECK], high[NCHECK];
+    memcpy(low, check, sizeof check), memcpy(high, check, sizeof check);
+    if (dist_reduce(d, low, NCHECK, DIST_MIN, "settings", &err) || dist_reduce(d, high, NCHECK, DIST_MAX, "settings", &err))
+        goto fail_reported;
+    steps_per_epoch = (int64_t)low[0]; /* own parts may differ in size: the smallest sets the epoch */
+    for (int i = 1; i < NCHECK; i++)
+        if (low[i] != high[i]) {
+            moco_fail(&err, "the ranks disagree on %s (%g on some, %g on others)", check_names[i], low[i], high[i]);
+            goto fail_reported;
+        }
+    if (same_state(d, m, step, &err))
+        goto fail_reported;
+    total_steps = steps_per_epoch * s->epochs;
+    if (s->max_steps >= 0 && s->max_steps < total_steps)
+        total_steps = s->max_steps; /* 0: just the initial checkpoint, a random-init baseline */
+    s->sched.base_lr = s->lr * (s->lr_scale ? s->batch * ranks / 256.0 : 1.0);
+    s->sched.epochs = (int)s->epochs;
+    s->sched.warmup_epochs = s->warmup;
+
+    signal(SIGINT, on_signal);
+    signal(SIGTERM, on_signal);
+
+    moco_peers peers = dist_peers(d);
+    int64_t global_batch = s->batch * ranks;
+    int64_t *perm = malloc(sizeof(int64_t) * global_batch);
+    stream_header *header = run_header(argc, argv, s, steps_per_epoch, size, ranks);
+    progress *bar = progress_start("moco-pretrain", total_steps - step, s->quiet || rank);
+    int terminal = isatty(STDERR_FILENO);
+    double t_start = progress_now(), t_log = t_start, wait_log = 0, wait_epoch = 0, t_epoch = t_start;
+    double loss_epoch = 0, acc_epoch = 0;
+    int64_t steps_epoch = 0, start_step = step, log_steps = 0;
+    double loss_log = 0, acc1_log = 0, acc5_log = 0;
+    int rc = MOCO_OK, exit_code = 0, stop = 0;
+    while (step < total_steps) {
+        batch b;
+        double waited = 0;
+        int got = batcher_next(feed, &b, &waited, &err);
+        if (got == 0)
+            moco_fail(&err, "%s ended at step %lld of %lld (epoch %lld of %lld)", name, (long long)step,
+                      (long long)total_steps, (long long)(step / steps_per_epoch), (long long)s->epochs);
+        /* every rank goes on, or all stop here: at a signal (any rank's), or when a rank has no batch */
+        double flags[2] = {got == 1 || got == BATCHER_INTERRUPTED ? 0 : 1, stop_signal};
+        if (got != 1 && got != BATCHER_INTERRUPTED)
+            report(d, &err);
+        if (dist_reduce(d, flags, 2, DIST_MAX, "step start", &err)) {
+            rc = MOCO_ERR;
+            break;
+        }
+        if (flags[0]) { /* reported by the rank that had no batch */
+            if (got == 1 || got == BATCHER_INTERRUPTED)
+                cli_error("rank %d: stopping at step %lld: another rank has no batch", rank, (long long)step);
+            exit_code = 1;
+            break;
+        }
+        if (flags[1]) {
+            stop = (int)flags[1];
+            break;
+        }
+        int64_t epoch = step / steps_per_epoch;
+        double lr = schedule_lr(&s->sched, epoch + (double)(step % steps_per_epoch) / steps_per_epoch);
+        moco_permutation((int)global_batch, (uint64_t)s->seed, step, perm);
+        moco_result r;
+        if (moco_step(m, b.views[0], b.views[1], b.n, size, size, perm, &peers, &r, &err)) {
+            rc = moco_prefix(&err, "step %lld", (long long)step);
+            break;
+        }
+        batcher_release(feed);
+        /* the gradient and the figures of all ranks' pairs */
+        double figures[3] = {r.loss, r.top1, r.top5};
+        if (dist_mean(d, m->q->grad, m->q->param_count, "gradient", &err) ||
+            dist_reduce(d, figures, 3, DIST_SUM, "loss", &err)) {
+            rc = moco_prefix(&err, "step %lld", (long long)step);
+            break;
+        }
+        double loss = figures[0] / ranks, acc1 = 100.0 * figures[1] / global_batch, acc5 = 100.0 * figures[2] / global_batch;
+        if (!isfinite(loss)) {
+            char last[4096];
+            snprintf(last, sizeof last, "%s/last.tsz", s->out);
+            rc = moco_fail(&err, "step %lld (epoch %lld): the loss is %g; stopping (%s%s; try a lower --lr)",
+                           (long long)step, (long long)epoch, loss, access(last, F_OK) ? "no checkpoint yet in " : "the last good checkpoint is ",
+                           access(last, F_OK) ? s->out : last);
+            break;
+        }
+        sgd_step(&opt, m->q->param, m->q->grad, lr);
+        step++;
+        consumed += global_batch;
+        wait_log += waited, wait_epoch += waited;
+        loss_log += loss, acc1_log += acc1, acc5_log += acc5, log_steps++;
+        loss_epoch += loss, acc_epoch += acc1, steps_epoch++;
+        progress_update(bar, step - start_step);
+        double now = progress_now();
+        if (log && (step % s->log_every == 0 || step == total_steps)) {
+            json_t *o = json_pack("{s:I,s:f,s:f,s:f,s:f,s:f,s:f,s:f}", "step", (json_int_t)step, "epoch",
+                                  (double)step / steps_per_epoch, "loss", loss_log / log_steps, "acc1",
+                                  acc1_log / log_steps, "acc5", acc5_log / log_steps, "lr", lr, "pairs_per_s",
+                                  log_steps * global_batch / (now - t_log), "data_wait", wait_log / (now - t_log));
+            if (ranks > 1)
+                json_object_set_new(o, "ranks", json_integer(ranks));
+            if (metrics_write(log, o, &err)) {
+                rc = MOCO_ERR;
+                break;
+            }
+        }
+        if (step % s->log_every == 0 || step == total_steps)
+            t_log = now, wait_log = 0, loss_log = acc1_log = acc5_log = 0, log_steps = 0;
+        if (step % steps_per_epoch == 0 || step == total_steps) {
+            int64_t done = step / steps_per_epoch; /* completed epochs */
+            if (!s->quiet && !terminal && rank == 0)
+                fprintf(stderr, "moco-pretrain: epoch %lld/%lld: loss %.4f, acc1 %.1f%%, lr %.4g, %.0f pairs/s, data wait %.0f%%\n",
+                        (long long)(step % steps_per_epoch ? done + 1 : done), (long long)s->epochs,
+                        loss_epoch / steps_epoch, acc_epoch / steps_epoch, lr, steps_epoch * global_batch / (now - t_epoch),
+                        100 * wait_epoch / (now - t_epoch));
+            loss_epoch = acc_epoch = 0, steps_epoch = 0, t_epoch = now, wait_epoch = 0;
+            int epoch_end = step % steps_per_epoch == 0;
+            int due = epoch_end && s->save_every && done % s->save_every == 0;
+            if (due || step == total_steps) {
+                if ((rc = same_state(d, m, step, &err)))
+                    break;
+                int save_failed = rank == 0 && save(s, header, step, consumed, m, &opt, epoch_end ? done : 0, &err);
+                if (save_failed)
+                    report(d, &err);
+                if ((rc = agree(d, save_failed, "after a checkpoint", &err)) > 0) {
+                    rc = MOCO_OK, exit_code = 1;
+                    break;
+                }
+                if (rc)
+                    break;
+            }
+        }
+    }
+    progress_finish(bar);
+    if (!rc && !exit_code && start_step == total_steps && rank == 0) /* nothing to train (--max-steps 0): the state as it is */
+        rc = save(s, header, step, consumed, m, &opt, 0, &err);
+    if (!rc && !exit_code && stop) { /* SIGINT / SIGTERM: keep what was done, resumable from here */
+        if (rank == 0 && !(rc = save(s, header, step, consumed, m, &opt, 0, &err)))
+            cli_warn("stopped by signal %d at step %lld; %s/last.tsz resumes from there", stop, (long long)step, s->out);
+        if (!rc)
+            exit_code = 128 + stop;
+    }
+    const char *damage;
+    int64_t damaged = batcher_damaged(feed, &damage);
+    if (damaged)
+        cli_warn("%lld damaged record(s) skipped, the first: %s", (long long)damaged, damage);
+    batcher_close(feed);
+    if (log)
+        metrics_close(log, rc ? NULL : &err);
+    free(perm);
+    stream_header_free(header);
+    sgd_free(&opt);
+    moco_destroy(m);
+    backend_destroy(be);
+    if (rc)
+        return report(d, &err);
+    return exit_code;
+
+fail_reported: /* before training started, err not printed yet */
+    report(d, &err);
+fail:
+    if (in)
+        stream_reader_close(in);
+    batcher_close(feed);
+    if (log)
+        metrics_close(log, NULL);
+    sgd_free(&opt);
+    moco_destroy(m);
+    backend_destroy(be);
+    return 1;
+}
+
 int main(int argc, char **argv)
 {
     cli_init("moco-pretrain");
     enum { O_RECIPE = 256, O_ARCH, O_WIDTH, O_CIFAR, O_INC, O_DIM, O_MLP, O_NO_MLP, O_QUEUE, O_MKEY, O_TEMP,
            O_GROUPS, O_BATCH, O_LR, O_NO_LR_SCALE, O_WD, O_MOM, O_SCHED, O_MILESTONES, O_WARMUP, O_EPOCHS,
            O_MAX_STEPS, O_SAVE_EVERY, O_RESUME, O_LOG, O_LOG_EVERY, O_SEED, O_THREADS, O_DEVICE, O_MEAN, O_STD,
-           O_HELP, O_VERSION };
+           O_QGROUPS, O_RANK_TIMEOUT, O_HELP, O_VERSION };
     static const struct option options[] = {
         {"recipe", required_argument, 0, O_RECIPE}, {"arch", required_argument, 0, O_ARCH},
         {"width", required_argument, 0, O_WIDTH}, {"cifar-stem", no_argument, 0, O_CIFAR},
@@ -177,6 +497,7 @@ int main(int argc, char **argv)
         {"mlp", no_argument, 0, O_MLP}, {"no-mlp", no_argument, 0, O_NO_MLP},
         {"queue", required_argument, 0, O_QUEUE}, {"momentum-key", required_argument, 0, O_MKEY},
         {"temperature", required_argument, 0, O_TEMP}, {"bn-groups", required_argument, 0, O_GROUPS},
+        {"query-bn-groups", required_argument, 0, O_QGROUPS}, {"rank-timeout", required_argument, 0, O_RANK_TIMEOUT},
         {"batch", required_argument, 0, O_BATCH}, {"lr", required_argument, 0, O_LR},
         {"no-lr-scale", no_argument, 0, O_NO_LR_SCALE}, {"wd", required_argument, 0, O_WD},
         {"momentum", required_argument, 0, O_MOM}, {"schedule", required_argument, 0, O_SCHED},
@@ -203,11 +524,11 @@ int main(int argc, char **argv)
     }
     settings s = {
         .enc = {.depth = 50, .width = 64, .in_channels = 0, .head = v1 ? RESNET_HEAD_LINEAR : RESNET_HEAD_MLP, .out_dim = 128},
-        .moco = {.queue_size = 65536, .key_momentum = 0.999, .temperature = v1 ? 0.07 : 0.2, .bn_groups = 8},
+        .moco = {.queue_size = 65536, .key_momentum = 0.999, .temperature = v1 ? 0.07 : 0.2, .bn_groups = 8, .query_bn_groups = 1},
         .batch = 256, .epochs = 0, .max_steps = -1, .save_every = 10, .log_every = 10, .seed = 0,
         .threads = cli_default_threads(), .lr = 0.03, .wd = 1e-4, .momentum = 0.9, .lr_scale = 1,
         .sched = {.kind = v1 ? SCHEDULE_STEP : SCHEDULE_COS, .gamma = 0.1},
-        .milestones = "120,160",
+        .milestones = "120,160", .rank_timeout = 600,
     };
     int64_t v, c, status = 0;
     moco_error err = {{0}};
@@ -227,7 +548,9 @@ int main(int argc, char **argv)
         case O_QUEUE: status = cli_int("--queue", optarg, 1, 1 << 24, &v); s.moco.queue_size = (int)v; break;
         case O_MKEY: status = cli_real("--momentum-key", optarg, 0, 1, &s.moco.key_momentum); break;
         case O_TEMP: status = cli_real("--temperature", optarg, 1e-4, 100, &s.moco.temperature); break;
-        case O_GROUPS: status = cli_int("--bn-groups", optarg, 1, 4096, &v); s.moco.bn_groups = (int)v; break;
+        case O_GROUPS: status = cli_int("--bn-groups", optarg, 1, 4096, &v); s.moco.bn_groups = (int)v, s.have_groups = 1; break;
+        case O_QGROUPS: status = cli_int("--query-bn-groups", optarg, 1, 4096, &v); s.moco.query_bn_groups = (int)v; break;
+        case O_RANK_TIMEOUT: status = cli_real("--rank-timeout", optarg, 0.1, 1e7, &s.rank_timeout); break;
         case O_BATCH: status = cli_int("--batch", optarg, 2, 1 << 20, &s.batch); break;
         case O_LR: status = cli_real("--lr", optarg, 0, 1e6, &s.lr); break;
         case O_NO_LR_SCALE: s.lr_scale = 0; break;
@@ -266,200 +589,26 @@ int main(int argc, char **argv)
         return cli_usage_error("--out DIR is required (checkpoints go there)");
     if (schedule_parse_milestones(&s.sched, s.milestones, &err))
         return cli_usage_error("--milestones: %s", err.msg);
-    if (s.batch % s.moco.bn_groups)
-        return cli_usage_error("--batch %lld does not split into --bn-groups %d", (long long)s.batch, s.moco.bn_groups);
     if (argc - optind > 1)
         return cli_usage_error("one input stream at most (concatenate files with cat)");
     const char *in_path = optind < argc ? argv[optind] : "-";
 
-    /* the input's header says what the views are and how many make an epoch */
-    stream_reader *in = stream_reader_open(in_path, NULL, &err);
-    if (!in)
+    /* the ranks of a data-parallel run (mpirun, srun), or a run of one */
+    dist *d = dist_open(&argc, &argv, s.rank_timeout, &err);
+    if (!d)
         return cli_error("%s", err.msg);
-    stream_grow_pipe(STDIN_FILENO);
-    const stream_header *ih = stream_reader_header(in);
-    const char *name = strcmp(in_path, "-") ? in_path : "standard input";
-    if (strcmp(stream_header_kind(ih), "views")) {
-        cli_error("%s: a \"%s\" stream; moco-pretrain reads view pairs from moco-augment", name, stream_header_kind(ih));
-        stream_reader_close(in);
-        return 1;
+    if (dist_size(d) > 1 && !s.have_groups)
+        s.moco.bn_groups = 1; /* the ranks are the shuffle BN's groups, as in the original */
+    if (s.batch % s.moco.bn_groups) {
+        dist_close(d);
+        return cli_usage_error("--batch %lld does not split into --bn-groups %d", (long long)s.batch, s.moco.bn_groups);
     }
-    int views = (int)stream_header_get_int(ih, "views", 0), size = (int)stream_header_get_int(ih, "size", 0);
-    int channels = (int)stream_header_get_int(ih, "channels", 3);
-    int64_t samples = stream_header_get_int(ih, "samples", 0), first_epoch = stream_header_get_int(ih, "first_epoch", 0);
-    if (views < 2) {
-        stream_reader_close(in);
-        return cli_error("%s: %d view(s) per sample; MoCo needs pairs (moco-augment --recipe v2 or v1)", name, views);
+    if (s.batch % s.moco.query_bn_groups) {
+        dist_close(d);
+        return cli_usage_error("--batch %lld does not split into --query-bn-groups %d", (long long)s.batch,
+                               s.moco.query_bn_groups);
     }
-    if (!s.enc.in_channels)
-        s.enc.in_channels = channels;
-    if (s.enc.in_channels != channels) {
-        stream_reader_close(in);
-        return cli_error("%s: views have %d channel(s), the encoder takes %d", name, channels, s.enc.in_channels);
-    }
-    if (!s.epochs)
-        s.epochs = stream_header_get_int(ih, "epochs", 200);
-    batcher_normalisation(ih, s.have_mean, s.mean, s.have_std, s.std);
-    if (samples < s.batch) {
-        stream_reader_close(in);
-        return cli_error("%s: %lld samples per epoch, fewer than one batch of %lld (header \"samples\")", name,
-                         (long long)samples, (long long)s.batch);
-    }
-    int64_t steps_per_epoch = samples / s.batch, total_steps = steps_per_epoch * s.epochs;
-    if (s.max_steps >= 0 && s.max_steps < total_steps)
-        total_steps = s.max_steps; /* 0: just the initial checkpoint, a random-init baseline */
-    s.sched.base_lr = s.lr * (s.lr_scale ? s.batch / 256.0 : 1.0);
-    s.sched.epochs = (int)s.epochs;
-    s.sched.warmup_epochs = s.warmup;
-
-    /* the model: fresh, or as a checkpoint left it */
-    backend *be = backend_create((int)s.threads, &err);
-    if (!be) {
-        stream_reader_close(in);
-        return cli_error("%s", err.msg);
-    }
-    int64_t step = 0, consumed = 0;
-    sgd opt = {0};
-    moco *m = start_model(&s, be, &opt, &step, &consumed, &err);
-    metrics_log *log = NULL;
-    batcher *feed = NULL;
-    int64_t skip = consumed - first_epoch * samples;
-    if (!m)
-        goto fail;
-    if (skip < 0) {
-        moco_fail(&err, "%s starts at epoch %lld, after the checkpoint's %lld samples: give the stream from epoch %lld",
-                  name, (long long)first_epoch, (long long)consumed, (long long)(consumed / samples));
-        goto fail;
-    }
-    if (mkdir(s.out, 0777) && errno != EEXIST) {
-        moco_fail(&err, "%s: %s", s.out, strerror(errno));
-        goto fail;
-    }
-    if (s.log && !(log = metrics_open(s.log, &err)))
-        goto fail;
-    batcher_options bo = {.batch = (int)s.batch, .views = 2, .size = size, .channels = channels, .skip = skip,
-                          .interrupt = &stop_signal};
-    memcpy(bo.mean, s.mean, sizeof bo.mean);
-    memcpy(bo.std, s.std, sizeof bo.std);
-    feed = batcher_open(in, name, &bo, &err); /* owns `in` from here, even when it fails */
-    in = NULL;
-    if (!feed)
-        goto fail;
-    signal(SIGINT, on_signal);
-    signal(SIGTERM, on_signal);
-
-    int64_t *perm = malloc(sizeof(int64_t) * s.batch);
-    stream_header *header = run_header(argc, argv, &s, steps_per_epoch, size);
-    progress *bar = progress_start("moco-pretrain", total_steps - step, s.quiet);
-    int terminal = isatty(STDERR_FILENO);
-    double t_start = progress_now(), t_log = t_start, wait_log = 0, wait_epoch = 0, t_epoch = t_start;
-    double loss_epoch = 0, acc_epoch = 0;
-    int64_t steps_epoch = 0, start_step = step, log_steps = 0;
-    double loss_log = 0, acc1_log = 0, acc5_log = 0;
-    int rc = MOCO_OK, exit_code = 0;
-    while (step < total_steps && !stop_signal) {
-        batch b;
-        double waited = 0;
-        int got = batcher_next(feed, &b, &waited, &err);
-        if (got == BATCHER_INTERRUPTED)
-            break;
-        if (got < 0) {
-            rc = MOCO_ERR;
-            break;
-        }
-        if (got == 0) {
-            rc = moco_fail(&err, "%s ended at step %lld of %lld (epoch %lld of %lld)", name, (long long)step,
-                           (long long)total_steps, (long long)(step / steps_per_epoch), (long long)s.epochs);
-            break;
-        }
-        int64_t epoch = step / steps_per_epoch;
-        double lr = schedule_lr(&s.sched, epoch + (double)(step % steps_per_epoch) / steps_per_epoch);
-        moco_permutation((int)s.batch, (uint64_t)s.seed, step, perm);
-        moco_result r;
-        if (moco_step(m, b.views[0], b.views[1], b.n, size, size, perm, NULL, &r, &err)) {
-            rc = moco_prefix(&err, "step %lld", (long long)step);
-            break;
-        }
-        batcher_release(feed);
-        if (!isfinite(r.loss)) {
-            char last[4096];
-            snprintf(last, sizeof last, "%s/last.tsz", s.out);
-            rc = moco_fail(&err, "step %lld (epoch %lld): the loss is %g; stopping (%s%s; try a lower --lr)",
-                           (long long)step, (long long)epoch, r.loss, access(last, F_OK) ? "no checkpoint yet in " : "the last good checkpoint is ",
-                           access(last, F_OK) ? s.out : last);
-            break;
-        }
-        sgd_step(&opt, m->q->param, m->q->grad, lr);
-        step++;
-        consumed += b.n;
-        wait_log += waited, wait_epoch += waited;
-        loss_log += r.loss, acc1_log += 100.0 * r.top1 / b.n, acc5_log += 100.0 * r.top5 / b.n, log_steps++;
-        loss_epoch += r.loss, acc_epoch += 100.0 * r.top1 / b.n, steps_epoch++;
-        progress_update(bar, step - start_step);
-        double now = progress_now();
-        if (log && (step % s.log_every == 0 || step == total_steps)) {
-            json_t *o = json_pack("{s:I,s:f,s:f,s:f,s:f,s:f,s:f,s:f}", "step", (json_int_t)step, "epoch",
-                                  (double)step / steps_per_epoch, "loss", loss_log / log_steps, "acc1",
-                                  acc1_log / log_steps, "acc5", acc5_log / log_steps, "lr", lr, "pairs_per_s",
-                                  log_steps * s.batch / (now - t_log), "data_wait", wait_log / (now - t_log));
-            if (metrics_write(log, o, &err)) {
-                rc = MOCO_ERR;
-                break;
-            }
-            t_log = now, wait_log = 0, loss_log = acc1_log = acc5_log = 0, log_steps = 0;
-        }
-        if (step % steps_per_epoch == 0 || step == total_steps) {
-            int64_t done = step / steps_per_epoch; /* completed epochs */
-            if (!s.quiet && !terminal)
-                fprintf(stderr, "moco-pretrain: epoch %lld/%lld: loss %.4f, acc1 %.1f%%, lr %.4g, %.0f pairs/s, data wait %.0f%%\n",
-                        (long long)(step % steps_per_epoch ? done + 1 : done), (long long)s.epochs,
-                        loss_epoch / steps_epoch, acc_epoch / steps_epoch, lr, steps_epoch * s.batch / (now - t_epoch),
-                        100 * wait_epoch / (now - t_epoch));
-            loss_epoch = acc_epoch = 0, steps_epoch = 0, t_epoch = now, wait_epoch = 0;
-            int epoch_end = step % steps_per_epoch == 0;
-            int due = epoch_end && s.save_every && done % s.save_every == 0;
-            if (due || step == total_steps) {
-                rc = save(&s, header, step, consumed, m, &opt, epoch_end ? done : 0, &err);
-                if (rc)
-                    break;
-            }
-        }
-    }
-    progress_finish(bar);
-    if (!rc && start_step == total_steps) { /* nothing to train (--max-steps 0): save the state as it is */
-        rc = save(&s, header, step, consumed, m, &opt, 0, &err);
-    }
-    if (!rc && stop_signal) { /* SIGINT / SIGTERM: keep what was done, resumable from here */
-        rc = save(&s, header, step, consumed, m, &opt, 0, &err);
-        if (!rc) {
-            cli_warn("stopped by signal %d at step %lld; %s/last.tsz resumes from there", (int)stop_signal,
-                     (long long)step, s.out);
-            exit_code = 128 + stop_signal;
-        }
-    }
-    const char *damage;
-    int64_t damaged = batcher_damaged(feed, &damage);
-    if (damaged)
-        cli_warn("%lld damaged record(s) skipped, the first: %s", (long long)damaged, damage);
-    batcher_close(feed);
-    if (log)
-        metrics_close(log, rc ? NULL : &err);
-    free(perm);
-    stream_header_free(header);
-    sgd_free(&opt);
-    moco_destroy(m);
-    backend_destroy(be);
-    if (rc)
-        return cli_error("%s", err.msg);
-    return exit_code;
-
-fail: /* before training started */
-    if (in)
-        stream_reader_close(in);
-    if (log)
-        metrics_close(log, NULL);
-    sgd_free(&opt);
-    moco_destroy(m);
-    backend_destroy(be);
-    return cli_error("%s", err.msg);
+    int code = pretrain(&s, d, argc, argv, in_path);
+    dist_close(d);
+    return code;
 }
