@@ -26,3 +26,16 @@ for f in (\"lincls\", \"fast\"):
 assert json.load(open(\"$T/inet/lincls.json\"))[\"mode\"] == \"streaming\"
 '"
 expect dry_run_shows_the_full_recipe 0 '' -- "make -n -B -C $TOP/examples/imagenet BIN=/usr/local/bin IMAGENET=$T/in OUT=$T/dry | grep -q -- '--arch resnet50 --width 64 --dim 128 --queue 65536 --momentum-key 0.999 --temperature 0.2 --bn-groups 8 --batch 256 --lr 0.03 --wd 1e-4 --schedule cos --epochs 200'"
+
+# the same pretraining as two MPI ranks, each fed its own part of the shards by its own augmenter
+if command -v mpirun >/dev/null 2>&1; then
+    export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_btl_vader_single_copy_mechanism=none
+    export ASAN_OPTIONS="${ASAN_OPTIONS:-}:detect_leaks=0"
+    expect imagenet_pretraining_as_two_ranks 0 '' -- "make -s -C $TOP/examples/imagenet BIN=$BUILD/bin IMAGENET=$T/in OUT=$T/ranks $TINY SHARD_SIZE=3 RANKS=2 MPIRUN='mpirun --oversubscribe --bind-to none -np 2' pretrain >$T/make2.log 2>&1 || { cat $T/make2.log >&2; exit 1; }"
+    check two_ranks_of_half_the_batch "$BUILD/bin/moco-inspect --header $T/ranks/run/last.tsz | $PY -c '
+import json, sys
+h = json.load(sys.stdin)
+assert h[\"ranks\"] == 2 and h[\"batch\"] == 2 and h[\"bn_groups\"] == 1 and h[\"epochs\"] == 2, h
+'"
+fi
+check slurm_script_parses "sh -n $TOP/examples/imagenet/pretrain.slurm"
