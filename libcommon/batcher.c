@@ -51,6 +51,10 @@ static int take_record(batcher *b, batch *s, int i, const stream_record *rec, mo
     size_t view = (size_t)o->size * o->size * o->channels;
     for (int v = 0; v < o->views; v++) {
         const uint8_t *src = (const uint8_t *)t->data + v * view;
+        if (o->raw) {
+            memcpy(s->raw[v] + i * view, src, view);
+            continue;
+        }
         float *dst = s->views[v] + i * view;
         for (size_t p = 0; p < view; p += o->channels)
             for (int c = 0; c < o->channels; c++)
@@ -161,7 +165,8 @@ batcher *batcher_open(stream_reader *in, const char *name, const batcher_options
     int ok = 1;
     for (int s = 0; s < SLOTS; s++) {
         for (int v = 0; v < opt->views; v++)
-            ok = ok && (b->slots[s].views[v] = malloc(sizeof(float) * opt->batch * view));
+            ok = ok && (opt->raw ? (b->slots[s].raw[v] = malloc((size_t)opt->batch * view)) != NULL
+                                 : (b->slots[s].views[v] = malloc(sizeof(float) * opt->batch * view)) != NULL);
         ok = ok && (b->slots[s].labels = malloc(sizeof(int64_t) * opt->batch));
         ok = ok && (b->slots[s].sample_ids = malloc(sizeof(int64_t) * opt->batch));
     }
@@ -260,7 +265,7 @@ void batcher_close(batcher *b)
     }
     for (int s = 0; s < SLOTS; s++) {
         for (int v = 0; v < BATCHER_MAX_VIEWS; v++)
-            free(b->slots[s].views[v]);
+            free(b->slots[s].views[v]), free(b->slots[s].raw[v]);
         free(b->slots[s].labels);
         free(b->slots[s].sample_ids);
     }

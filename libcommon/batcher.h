@@ -6,7 +6,7 @@
  * three; the consumer takes a batch, computes, and hands it back. The time the consumer spends
  * waiting is counted, so a tool can report the share of time spent waiting for data.
  *
- * Layout: views[v] is (N,S,S,C) f32 for view v. A batch is valid from batcher_next until
+ * Layout: views[v] is (N,S,S,C) f32 for view v (raw[v] the same bytes unconverted, with opt.raw). A batch is valid from batcher_next until
  * batcher_release. The batcher owns the reader it is given. */
 #ifndef MOCO_BATCHER_H
 #define MOCO_BATCHER_H
@@ -27,6 +27,7 @@ typedef struct {
                             records share, share + shares, ... (shares 0 or 1: keep all) */
     int keep_last;       /* deliver a final partial batch (extraction); training drops it */
     int strict;          /* a damaged record stops the stream instead of being skipped */
+    int raw;             /* keep the views as u8 in batch.raw (a GPU normalises them itself) */
     /* when not NULL and set (by a signal handler), a waiting batcher_next returns BATCHER_INTERRUPTED */
     const volatile sig_atomic_t *interrupt;
 } batcher_options;
@@ -35,7 +36,8 @@ enum { BATCHER_INTERRUPTED = 2 };
 
 typedef struct {
     int n;
-    float *views[BATCHER_MAX_VIEWS];
+    float *views[BATCHER_MAX_VIEWS];   /* normalised; NULL with opt.raw */
+    uint8_t *raw[BATCHER_MAX_VIEWS];   /* with opt.raw: the stream's bytes, (N,S,S,C) per view */
     int64_t *labels, *sample_ids;
 } batch;
 
