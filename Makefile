@@ -31,15 +31,18 @@ endif
 CUDA_HOME ?= /usr/local/cuda
 NVCC      ?= $(shell command -v nvcc 2>/dev/null || { test -x $(CUDA_HOME)/bin/nvcc && echo $(CUDA_HOME)/bin/nvcc; })
 CUDNN_H   := $(firstword $(wildcard $(CUDA_HOME)/include/cudnn.h /usr/include/cudnn.h /usr/include/*/cudnn.h))
+CUDNN_SO  := $(firstword $(wildcard $(CUDA_HOME)/lib64/libcudnn.so /usr/lib/*/libcudnn.so /usr/lib64/libcudnn.so))
 ifeq ($(CUDA),0)
   HAVE_CUDA := 0
-else ifneq ($(and $(NVCC),$(CUDNN_H)),)
+else ifneq ($(and $(NVCC),$(CUDNN_H),$(CUDNN_SO)),)
   HAVE_CUDA := 1
 else
   HAVE_CUDA := 0
 endif
 NVCCFLAGS ?= -O2 -gencode arch=compute_90,code=sm_90 -std=c++17
 CUDA_LIB  := $(BUILD)/libmoco_cuda.a
+# cudart linked statically (the GPU machine's runtime may differ); cuDNN and cuBLAS from the system
+CUDA_LIBS := -L$(CUDA_HOME)/lib64 $(addprefix -L,$(dir $(CUDNN_SO))) -lcudnn -lcublas -lcudart_static -ldl -lrt -lstdc++
 
 LIB_SRC   := $(wildcard libcommon/*.c)
 LIB_OBJ   := $(LIB_SRC:%.c=$(BUILD)/%.o)
@@ -54,15 +57,17 @@ BENCH_SRC := $(wildcard tests/bench/*.c)
 BENCHES   := $(BENCH_SRC:tests/bench/%.c=$(BUILD)/bench/%)
 CUDA_SRC  := $(wildcard cuda/*.cu)
 CUDA_OBJ  := $(CUDA_SRC:%.cu=$(BUILD)/%.o)
+CUDA_CHECK_SRC := $(wildcard tests/cuda/check_*.c)
+CUDA_CHECKS    := $(CUDA_CHECK_SRC:tests/cuda/%.c=$(BUILD)/cuda-tests/%)
 MAN_PAGES := $(wildcard man/man*/*.[1-8])
 
-.PHONY: all check check-asan bench demo install clean fuzz fuzz-run cuda-notice
+.PHONY: all check check-asan check-cuda bench demo install clean fuzz fuzz-run cuda-notice
 # Keep object files of pattern chains (tests, helpers): no rebuild on the next make.
 .SECONDARY:
 all: $(TOOLS) $(TESTS) $(HELPERS) $(BENCHES) cuda-notice
 
 ifeq ($(HAVE_CUDA),1)
-all: $(CUDA_LIB)
+all: $(CUDA_LIB) $(CUDA_CHECKS)
 cuda-notice: ;
 else
 cuda-notice:
@@ -77,6 +82,13 @@ $(BUILD)/libcommon/resample.o: OPT = -O3
 
 $(BUILD)/libcommon/dist.o: CPPFLAGS += $(MPI_CFLAGS)
 $(BUILD)/bin/moco-pretrain: LDLIBS += $(MPI_LIBS)
+# moco-pretrain --device cuda: the CUDA backend linked in when it is built
+ifeq ($(HAVE_CUDA),1)
+$(BUILD)/tools/moco-pretrain.o: CPPFLAGS += -DMOCO_HAVE_CUDA -Icuda
+$(BUILD)/tools/moco-pretrain.o: $(wildcard cuda/*.h)
+$(BUILD)/bin/moco-pretrain: $(CUDA_LIB)
+$(BUILD)/bin/moco-pretrain: LDLIBS := $(CUDA_LIB) $(LDLIBS) $(CUDA_LIBS)
+endif
 
 $(LIB): $(LIB_OBJ)
 	rm -f $@ && ar rcs $@ $^
@@ -96,14 +108,24 @@ $(BUILD)/bench/%: $(BUILD)/tests/bench/%.o $(LIB) | $(BUILD)/bench
 $(BUILD)/cuda/%.o: cuda/%.cu $(wildcard cuda/*.h libcommon/*.h) | $(BUILD)/cuda
 	$(NVCC) $(NVCCFLAGS) -Ilibcommon -Icuda -c $< -o $@
 
+# The GPU op checks: built wherever CUDA is (CI compiles them), run by make check-cuda on a GPU.
+$(BUILD)/cuda-tests/%: tests/cuda/%.c tests/cuda/check.h $(LIB) $(CUDA_LIB) | $(BUILD)/cuda-tests
+	$(CC) $(CPPFLAGS) -Icuda -Itests/unit $(ALL_CFLAGS) $< $(CUDA_LIB) $(LIB) $(LDLIBS) $(CUDA_LIBS) -o $@
+
 $(CUDA_LIB): $(CUDA_OBJ)
 	rm -f $@ && ar rcs $@ $^
 
-$(BUILD)/libcommon $(BUILD)/tools $(BUILD)/tests/unit $(BUILD)/tests/bench $(BUILD)/tests/helpers $(BUILD)/bin $(BUILD)/helpers $(BUILD)/bench $(BUILD)/cuda:
+$(BUILD)/libcommon $(BUILD)/tools $(BUILD)/tests/unit $(BUILD)/tests/bench $(BUILD)/tests/helpers $(BUILD)/bin $(BUILD)/helpers $(BUILD)/bench $(BUILD)/cuda $(BUILD)/cuda-tests:
 	mkdir -p $@
 
 check: all
 	@sh tests/run.sh $(BUILD)
+
+# The CUDA backend against the CPU one, op by op (a GPU machine: see ../shared/DEVICE.md and
+# tests/cuda/device-check.sh); ends with "N passed, N failed" like make check.
+check-cuda: all
+	@test "$(HAVE_CUDA)" = 1 || { echo "check-cuda: the CUDA backend is not built (nvcc, cudnn.h or libcudnn.so missing)"; exit 1; }
+	@sh tests/run.sh $(BUILD) cuda
 
 # Same sources, separate build folder, sanitizers on; any report aborts the test that caused it.
 check-asan:

@@ -1,5 +1,6 @@
 #!/bin/sh
-# run.sh BUILD_DIR — run every unit-test program and tool test, then print "N passed, N failed".
+# run.sh BUILD_DIR [cuda] — run every unit-test program and tool test (with cuda: the GPU op checks
+# in BUILD_DIR/cuda-tests instead), then print "N passed, N failed".
 # Each test prints "PASS name" or "FAIL name: why"; a program that dies without saying so counts as
 # one failure under its own name. Exit status 1 when anything failed.
 set -u
@@ -19,14 +20,21 @@ run_one() { # name command...
     fi
 }
 
-for t in "$build"/tests/test_*; do
-    [ -x "$t" ] || continue
-    run_one "$(basename "$t")" "$t"
-done
-for t in "$top"/tests/tools/t*.sh; do
-    [ -f "$t" ] || continue
-    run_one "$(basename "$t")" env BUILD="$top/$build" TOP="$top" sh "$t"
-done
+if [ "${2:-}" = cuda ]; then
+    for t in "$build"/cuda-tests/check_*; do
+        [ -x "$t" ] || continue
+        run_one "$(basename "$t")" "$t"
+    done
+else
+    for t in "$build"/tests/test_*; do
+        [ -x "$t" ] || continue
+        run_one "$(basename "$t")" "$t"
+    done
+    for t in "$top"/tests/tools/t*.sh; do
+        [ -f "$t" ] || continue
+        run_one "$(basename "$t")" env BUILD="$top/$build" TOP="$top" sh "$t"
+    done
+fi
 
 passed=$(grep -c '^PASS ' "$log")
 failed=$(grep -c '^FAIL ' "$log")

@@ -23,6 +23,9 @@
 #include "moco.h"
 #include "optim.h"
 #include "progress.h"
+#ifdef MOCO_HAVE_CUDA
+#include "gpu.h"
+#endif
 
 static const char usage[] =
     "Usage: moco-pretrain [OPTION]... --out DIR [STREAM]...\n"
@@ -53,7 +56,9 @@ static const char usage[] =
     "  --resume PATH         continue from a checkpoint file, or DIR/last.tsz when PATH is a folder\n"
     "  --log FILE            JSON-lines metrics (appended); --log-every N steps (default 10)\n"
     "  --seed S              seed of the initialisation and of each step's key permutation (default 0)\n"
-    "  --threads N           compute threads (default: all cores); --device cpu\n"
+    "  --threads N           compute threads (default: all cores)\n"
+    "  --device cpu|cuda[:N] where the step runs (default cpu; cuda only in builds with the CUDA backend)\n"
+    "  --precision bf16|f32  GPU activations (default bf16; f32 is the parity mode, TF32 off)\n"
     "  --mean M,M,M --std S,S,S   normalisation (default: the stream header's)\n"
     "  -q, --quiet           no progress bar or per-epoch lines\n"
     "Several processes (started by mpirun or srun: data-parallel ranks, rank 0 saves and logs):\n"
@@ -83,6 +88,8 @@ typedef struct {
     double mean[3], std[3];
     int have_mean, have_std, have_groups;
     double rank_timeout;
+    int device;   /* -1: the CPU; else cuda:device */
+    int bf16;     /* GPU activations in bf16 */
 } settings;
 
 /* Path of a checkpoint to resume from: a file, or DIR/last.tsz. */
@@ -218,6 +225,18 @@ static int same_state(dist *d, const moco *m, int64_t step, moco_error *err)
     return rc;
 }
 
+/* With --device cuda the state lives on the GPU: bring it into the host mirror before a save. */
+static int to_host(void *trainer, moco *m, sgd *opt, moco_error *err)
+{
+#ifdef MOCO_HAVE_CUDA
+    if (trainer)
+        return gpu_trainer_download((gpu_trainer *)trainer, m, opt, err);
+#else
+    (void)trainer, (void)m, (void)opt, (void)err;
+#endif
+    return MOCO_OK;
+}
+
 /* Everything after the options: the input, the model, the loop. Returns the exit status. */
 static int pretrain(settings *s, dist *d, int argc, char **argv, const char *in_path)
 {
@@ -229,6 +248,7 @@ static int pretrain(settings *s, dist *d, int argc, char **argv, const char *in_
     sgd opt = {0};
     metrics_log *log = NULL;
     batcher *feed = NULL;
+    void *trainer = NULL; /* --device cuda: a gpu_trainer, where the step runs; m is its host mirror */
     int64_t step = 0, consumed = 0, samples = 0, first_epoch = 0, steps_per_epoch = 0, total_steps = 0;
     int size = 0, channels = 0, shared = 1, failed = 1;
     const char *name = strcmp(in_path, "-") ? in_path : "standard input";
@@ -277,6 +297,19 @@ static int pretrain(settings *s, dist *d, int argc, char **argv, const char *in_
     /* the model: fresh, or as a checkpoint left it */
     if (!(be = backend_create((int)s->threads, &err)) || !(m = start_model(s, be, &opt, &step, &consumed, &err)))
         goto setup_done;
+#ifdef MOCO_HAVE_CUDA
+    if (s->device >= 0 && ranks > 1) {
+        moco_fail(&err, "--device cuda with %d ranks: the GPU collectives (NCCL) are not built yet; one GPU per run", ranks);
+        goto setup_done;
+    }
+    if (s->device >= 0) {
+        if (!(trainer = gpu_trainer_create(s->device, s->bf16 ? GPU_BF16 : GPU_F32, m, &opt, (int)s->batch, size, channels,
+                                           s->mean, s->std, &err)))
+            goto setup_done;
+        if (!s->quiet)
+            fprintf(stderr, "moco-pretrain: cuda:%d: %s\n", s->device, gpu_trainer_describe((gpu_trainer *)trainer));
+    }
+#endif
     if (rank == 0 && mkdir(s->out, 0777) && errno != EEXIST) {
         moco_fail(&err, "%s: %s", s->out, strerror(errno));
         goto setup_done;
@@ -295,7 +328,8 @@ static int pretrain(settings *s, dist *d, int argc, char **argv, const char *in_
         goto setup_done;
     }
     batcher_options bo = {.batch = (int)s->batch, .views = 2, .size = size, .channels = channels, .skip = skip,
-                          .share = shared ? rank : 0, .shares = shared ? ranks : 1, .interrupt = &stop_signal};
+                          .share = shared ? rank : 0, .shares = shared ? ranks : 1, .raw = s->device >= 0,
+                          .interrupt = &stop_signal};
     memcpy(bo.mean, s->mean, sizeof bo.mean);
     memcpy(bo.std, s->std, sizeof bo.std);
     feed = batcher_open(in, name, &bo, &err); /* owns `in` from here, even when it fails */
@@ -342,6 +376,7 @@ setup_done:
     signal(SIGTERM, on_signal);
 
     moco_peers peers = dist_peers(d);
+
     int64_t global_batch = s->batch * ranks;
     int64_t *perm = malloc(sizeof(int64_t) * global_batch);
     stream_header *header = run_header(argc, argv, s, steps_per_epoch, size, ranks);
@@ -381,17 +416,30 @@ setup_done:
         double lr = schedule_lr(&s->sched, epoch + (double)(step % steps_per_epoch) / steps_per_epoch);
         moco_permutation((int)global_batch, (uint64_t)s->seed, step, perm);
         moco_result r;
-        if (moco_step(m, b.views[0], b.views[1], b.n, size, size, perm, &peers, &r, &err)) {
-            rc = moco_prefix(&err, "step %lld", (long long)step);
-            break;
-        }
-        batcher_release(feed);
-        /* the gradient and the figures of all ranks' pairs */
-        double figures[3] = {r.loss, r.top1, r.top5};
-        if (dist_mean(d, m->q->grad, m->q->param_count, "gradient", &err) ||
-            dist_reduce(d, figures, 3, DIST_SUM, "loss", &err)) {
-            rc = moco_prefix(&err, "step %lld", (long long)step);
-            break;
+        double figures[3];
+#ifdef MOCO_HAVE_CUDA
+        if (trainer) { /* the MoCo and SGD steps on the GPU, one process */
+            if (gpu_trainer_step((gpu_trainer *)trainer, b.raw[0], b.raw[1], b.n, perm, lr, &r, &err)) {
+                rc = moco_prefix(&err, "step %lld", (long long)step);
+                break;
+            }
+            batcher_release(feed);
+            figures[0] = r.loss, figures[1] = r.top1, figures[2] = r.top5;
+        } else
+#endif
+        {
+            if (moco_step(m, b.views[0], b.views[1], b.n, size, size, perm, &peers, &r, &err)) {
+                rc = moco_prefix(&err, "step %lld", (long long)step);
+                break;
+            }
+            batcher_release(feed);
+            /* the gradient and the figures of all ranks' pairs */
+            figures[0] = r.loss, figures[1] = r.top1, figures[2] = r.top5;
+            if (dist_mean(d, m->q->grad, m->q->param_count, "gradient", &err) ||
+                dist_reduce(d, figures, 3, DIST_SUM, "loss", &err)) {
+                rc = moco_prefix(&err, "step %lld", (long long)step);
+                break;
+            }
         }
         double loss = figures[0] / ranks, acc1 = 100.0 * figures[1] / global_batch, acc5 = 100.0 * figures[2] / global_batch;
         if (!isfinite(loss)) {
@@ -402,7 +450,8 @@ setup_done:
                            access(last, F_OK) ? s->out : last);
             break;
         }
-        sgd_step(&opt, m->q->param, m->q->grad, lr);
+        if (!trainer) /* the GPU's step did its SGD step itself */
+            sgd_step(&opt, m->q->param, m->q->grad, lr);
         step++;
         consumed += global_batch;
         wait_log += waited, wait_epoch += waited;
@@ -435,7 +484,7 @@ setup_done:
             int epoch_end = step % steps_per_epoch == 0;
             int due = epoch_end && s->save_every && done % s->save_every == 0;
             if (due || step == total_steps) {
-                if ((rc = same_state(d, m, step, &err)))
+                if ((rc = to_host(trainer, m, &opt, &err)) || (rc = same_state(d, m, step, &err)))
                     break;
                 int save_failed = rank == 0 && save(s, header, step, consumed, m, &opt, epoch_end ? done : 0, &err);
                 if (save_failed)
@@ -453,7 +502,7 @@ setup_done:
     if (!rc && !exit_code && start_step == total_steps && rank == 0) /* nothing to train (--max-steps 0): the state as it is */
         rc = save(s, header, step, consumed, m, &opt, 0, &err);
     if (!rc && !exit_code && stop) { /* SIGINT / SIGTERM: keep what was done, resumable from here */
-        if (rank == 0 && !(rc = save(s, header, step, consumed, m, &opt, 0, &err)))
+        if (rank == 0 && !(rc = to_host(trainer, m, &opt, &err)) && !(rc = save(s, header, step, consumed, m, &opt, 0, &err)))
             cli_warn("stopped by signal %d at step %lld; %s/last.tsz resumes from there", stop, (long long)step, s->out);
         if (!rc)
             exit_code = 128 + stop;
@@ -467,6 +516,9 @@ setup_done:
         metrics_close(log, rc ? NULL : &err);
     free(perm);
     stream_header_free(header);
+#ifdef MOCO_HAVE_CUDA
+    gpu_trainer_destroy((gpu_trainer *)trainer);
+#endif
     sgd_free(&opt);
     moco_destroy(m);
     backend_destroy(be);
@@ -480,6 +532,9 @@ fail:
     if (in)
         stream_reader_close(in);
     batcher_close(feed);
+#ifdef MOCO_HAVE_CUDA
+    gpu_trainer_destroy((gpu_trainer *)trainer);
+#endif
     if (log)
         metrics_close(log, NULL);
     sgd_free(&opt);
@@ -494,7 +549,7 @@ int main(int argc, char **argv)
     enum { O_RECIPE = 256, O_ARCH, O_WIDTH, O_CIFAR, O_INC, O_DIM, O_MLP, O_NO_MLP, O_QUEUE, O_MKEY, O_TEMP,
            O_GROUPS, O_BATCH, O_LR, O_NO_LR_SCALE, O_WD, O_MOM, O_SCHED, O_MILESTONES, O_WARMUP, O_EPOCHS,
            O_MAX_STEPS, O_SAVE_EVERY, O_RESUME, O_LOG, O_LOG_EVERY, O_SEED, O_THREADS, O_DEVICE, O_MEAN, O_STD,
-           O_QGROUPS, O_RANK_TIMEOUT, O_HELP, O_VERSION };
+           O_QGROUPS, O_RANK_TIMEOUT, O_PRECISION, O_HELP, O_VERSION };
     static const struct option options[] = {
         {"recipe", required_argument, 0, O_RECIPE}, {"arch", required_argument, 0, O_ARCH},
         {"width", required_argument, 0, O_WIDTH}, {"cifar-stem", no_argument, 0, O_CIFAR},
@@ -503,6 +558,7 @@ int main(int argc, char **argv)
         {"queue", required_argument, 0, O_QUEUE}, {"momentum-key", required_argument, 0, O_MKEY},
         {"temperature", required_argument, 0, O_TEMP}, {"bn-groups", required_argument, 0, O_GROUPS},
         {"query-bn-groups", required_argument, 0, O_QGROUPS}, {"rank-timeout", required_argument, 0, O_RANK_TIMEOUT},
+        {"precision", required_argument, 0, O_PRECISION},
         {"batch", required_argument, 0, O_BATCH}, {"lr", required_argument, 0, O_LR},
         {"no-lr-scale", no_argument, 0, O_NO_LR_SCALE}, {"wd", required_argument, 0, O_WD},
         {"momentum", required_argument, 0, O_MOM}, {"schedule", required_argument, 0, O_SCHED},
@@ -533,7 +589,7 @@ int main(int argc, char **argv)
         .batch = 256, .epochs = 0, .max_steps = -1, .save_every = 10, .log_every = 10, .seed = 0,
         .threads = cli_default_threads(), .lr = 0.03, .wd = 1e-4, .momentum = 0.9, .lr_scale = 1,
         .sched = {.kind = v1 ? SCHEDULE_STEP : SCHEDULE_COS, .gamma = 0.1},
-        .milestones = "120,160", .rank_timeout = 600,
+        .milestones = "120,160", .rank_timeout = 600, .device = -1, .bf16 = 1,
     };
     int64_t v, c, status = 0;
     moco_error err = {{0}};
@@ -577,8 +633,23 @@ int main(int argc, char **argv)
         case O_SEED: status = cli_int("--seed", optarg, 0, INT64_MAX, &s.seed); break;
         case O_THREADS: status = cli_int("--threads", optarg, 1, 4096, &s.threads); break;
         case O_DEVICE:
-            if (strcmp(optarg, "cpu"))
+            if (!strcmp(optarg, "cpu")) {
+                s.device = -1;
+            } else if (!strncmp(optarg, "cuda", 4) && (!optarg[4] || optarg[4] == ':')) {
+#ifdef MOCO_HAVE_CUDA
+                status = optarg[4] ? cli_int("--device cuda:N", optarg + 5, 0, 1023, &v) : (v = 0, 0);
+                s.device = (int)v;
+#else
                 return cli_usage_error("--device %s: this build has the CPU backend only (--device cpu)", optarg);
+#endif
+            } else {
+                return cli_usage_error("--device %s: expected cpu, cuda or cuda:N", optarg);
+            }
+            break;
+        case O_PRECISION:
+            if (strcmp(optarg, "bf16") && strcmp(optarg, "f32"))
+                return cli_usage_error("--precision %s: expected bf16 or f32", optarg);
+            s.bf16 = !strcmp(optarg, "bf16");
             break;
         case O_MEAN: status = cli_reals("--mean", optarg, 3, -1e9, 1e9, s.mean); s.have_mean = 1; break;
         case O_STD: status = cli_reals("--std", optarg, 3, 1e-12, 1e9, s.std); s.have_std = 1; break;

@@ -1,0 +1,98 @@
+/* train.cu — the device side of a training run (see gpu.h): staging, normalisation, the MoCo step
+ * and SGD on the GPU, for moco-pretrain --device cuda. One process; several ranks on GPUs need
+ * NCCL, which is not built yet. */
+#include "gpu_internal.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+struct gpu_trainer {
+    gpu *g;
+    gpu_moco *m;
+    size_t param_count, view;
+    int batch, size;
+    float mean[3], std[3];
+    uint8_t *staging;     /* page-locked: both views of a batch */
+    uint8_t *raw;         /* device: the same bytes */
+    void *images;         /* device activations: query views, then key views */
+    float *momentum, *lr, *result;
+};
+
+void gpu_trainer_destroy(gpu_trainer *t)
+{
+    if (!t)
+        return;
+    if (t->g) {
+        gpu_moco_destroy(t->m);
+        gpu_host_free(t->g, t->staging);
+        void *bufs[] = {t->raw, t->images, t->momentum, t->lr, t->result};
+        for (size_t i = 0; i < sizeof bufs / sizeof *bufs; i++)
+            gpu_free(t->g, bufs[i]);
+        gpu_destroy(t->g);
+    }
+    free(t);
+}
+
+gpu_trainer *gpu_trainer_create(int device, gpu_precision precision, const moco *host, const sgd *opt, int batch,
+                                int size, int channels, const double mean[3], const double std[3], moco_error *err)
+{
+    gpu_trainer *t = (gpu_trainer *)calloc(1, sizeof *t);
+    if (!t) {
+        moco_fail(err, "out of memory");
+        return NULL;
+    }
+    t->batch = batch, t->size = size, t->param_count = host->q->param_count;
+    t->view = (size_t)size * size * channels;
+    for (int c = 0; c < 3; c++)
+        t->mean[c] = (float)mean[c], t->std[c] = (float)std[c];
+    size_t raw_bytes = 2 * (size_t)batch * t->view;
+    int ok = (t->g = gpu_create(device, precision, err)) && (t->m = gpu_moco_create(t->g, host, err)) &&
+             (t->staging = (uint8_t *)gpu_host_alloc(t->g, raw_bytes, err)) &&
+             (t->raw = (uint8_t *)gpu_alloc(t->g, raw_bytes, err)) &&
+             (t->images = gpu_alloc(t->g, raw_bytes * gpu_act_size(t->g), err)) &&
+             (t->momentum = (float *)gpu_alloc(t->g, sizeof(float) * t->param_count, err)) &&
+             (t->lr = (float *)gpu_alloc(t->g, sizeof(float), err)) && (t->result = (float *)gpu_alloc(t->g, 3 * sizeof(float), err)) &&
+             !gpu_upload(t->g, t->momentum, opt->buf, sizeof(float) * t->param_count, err);
+    if (!ok) {
+        moco_prefix(err, "cuda:%d", device);
+        gpu_trainer_destroy(t);
+        return NULL;
+    }
+    return t;
+}
+
+const char *gpu_trainer_describe(const gpu_trainer *t) { return gpu_describe(t->g); }
+
+int gpu_trainer_step(gpu_trainer *t, const uint8_t *host_q, const uint8_t *host_k, int n, const int64_t *host_perm,
+                     double lr, moco_result *result, moco_error *err)
+{
+    gpu *g = t->g;
+    if (n > t->batch)
+        return moco_fail(err, "a batch of %d pairs, more than the %d planned", n, t->batch);
+    size_t bytes = (size_t)n * t->view;
+    memcpy(t->staging, host_q, bytes);
+    memcpy(t->staging + bytes, host_k, bytes);
+    float lr_f = (float)lr;
+    CUDA_CHECK(cudaMemcpyAsync(t->raw, t->staging, 2 * bytes, cudaMemcpyHostToDevice, g->stream), err, "uploading the views");
+    CUDA_CHECK(cudaMemcpyAsync(t->lr, &lr_f, sizeof lr_f, cudaMemcpyHostToDevice, g->stream), err, "uploading the rate");
+    gpu_resnet *q = gpu_moco_query(t->m);
+    char *im_k = (char *)t->images + bytes * gpu_act_size(g);
+    int channels = (int)(t->view / ((size_t)t->size * t->size));
+    if (gpu_normalise_u8(g, t->raw, 2 * (size_t)n * t->size * t->size, channels, t->mean, t->std, t->images, err) ||
+        gpu_moco_step(t->m, t->images, im_k, n, t->size, t->size, host_perm, t->result, err) ||
+        gpu_sgd_step(g, gpu_resnet_param(q), gpu_resnet_grad(q), t->momentum, t->param_count, t->lr, 0, 0, err))
+        return MOCO_ERR;
+    float figures[3];
+    if (gpu_download(g, figures, t->result, sizeof figures, err)) /* waits for the step */
+        return MOCO_ERR;
+    result->loss = figures[0], result->top1 = (int)figures[1], result->top5 = (int)figures[2];
+    return MOCO_OK;
+}
+
+int gpu_trainer_download(gpu_trainer *t, moco *host, sgd *opt, moco_error *err)
+{
+    if (gpu_moco_download(t->m, host, err) ||
+        gpu_download(t->g, opt->buf, t->momentum, sizeof(float) * t->param_count, err))
+        return MOCO_ERR;
+    return MOCO_OK;
+}
