@@ -67,7 +67,11 @@ MAN_PAGES := $(wildcard man/man*/*.[1-8])
 all: $(TOOLS) $(TESTS) $(HELPERS) $(BENCHES) cuda-notice
 
 ifeq ($(HAVE_CUDA),1)
-all: $(CUDA_LIB) $(CUDA_CHECKS)
+# the PyTorch peers copied beside the build: a GPU machine gets the checkout and build/, not ../shared
+PEER_COPIES := $(patsubst ../shared/peers/%,$(BUILD)/peers/%,$(wildcard ../shared/peers/*.py))
+all: $(CUDA_LIB) $(CUDA_CHECKS) $(PEER_COPIES)
+$(BUILD)/peers/%.py: ../shared/peers/%.py
+	@mkdir -p $(dir $@) && cp $< $@
 cuda-notice: ;
 else
 cuda-notice:
@@ -88,6 +92,10 @@ $(BUILD)/tools/moco-pretrain.o: CPPFLAGS += -DMOCO_HAVE_CUDA -Icuda
 $(BUILD)/tools/moco-pretrain.o: $(wildcard cuda/*.h)
 $(BUILD)/bin/moco-pretrain: $(CUDA_LIB)
 $(BUILD)/bin/moco-pretrain: LDLIBS := $(CUDA_LIB) $(LDLIBS) $(CUDA_LIBS)
+$(BUILD)/tests/bench/moco_step_bench.o: CPPFLAGS += -DMOCO_HAVE_CUDA -Icuda
+$(BUILD)/tests/bench/moco_step_bench.o: $(wildcard cuda/*.h)
+$(BUILD)/bench/moco_step_bench: $(CUDA_LIB)
+$(BUILD)/bench/moco_step_bench: LDLIBS := $(CUDA_LIB) $(LDLIBS) $(CUDA_LIBS)
 endif
 
 $(LIB): $(LIB_OBJ)

@@ -227,6 +227,8 @@ int gpu_trainer_step(gpu_trainer *t, const uint8_t *host_q, const uint8_t *host_
                      double lr, moco_result *result, moco_error *err);
 /* The device state into the host moco and optimiser (for a checkpoint). */
 int gpu_trainer_download(gpu_trainer *t, moco *host, sgd *opt, moco_error *err);
+/* Peak device memory of the run so far, in bytes (gpu_peak_bytes). */
+size_t gpu_trainer_peak_bytes(const gpu_trainer *t);
 
 #ifdef __cplusplus
 }

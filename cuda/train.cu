@@ -53,8 +53,7 @@ gpu_trainer *gpu_trainer_create(int device, gpu_precision precision, const moco 
              (t->momentum = (float *)gpu_alloc(t->g, sizeof(float) * t->param_count, err)) &&
              (t->lr = (float *)gpu_alloc(t->g, sizeof(float), err)) && (t->result = (float *)gpu_alloc(t->g, 3 * sizeof(float), err)) &&
              !gpu_upload(t->g, t->momentum, opt->buf, sizeof(float) * t->param_count, err);
-    if (!ok) {
-        moco_prefix(err, "cuda:%d", device);
+    if (!ok) { /* gpu_create's message names the device */
         gpu_trainer_destroy(t);
         return NULL;
     }
@@ -62,6 +61,7 @@ gpu_trainer *gpu_trainer_create(int device, gpu_precision precision, const moco 
 }
 
 const char *gpu_trainer_describe(const gpu_trainer *t) { return gpu_describe(t->g); }
+size_t gpu_trainer_peak_bytes(const gpu_trainer *t) { return gpu_peak_bytes(t->g); }
 
 int gpu_trainer_step(gpu_trainer *t, const uint8_t *host_q, const uint8_t *host_k, int n, const int64_t *host_perm,
                      double lr, moco_result *result, moco_error *err)
