@@ -12,6 +12,7 @@ struct gpu_trainer {
     size_t param_count, view;
     int batch, size;
     float mean[3], std[3];
+    float momentum_factor, weight_decay; /* the SGD settings of the host optimiser */
     uint8_t *staging;     /* page-locked: both views of a batch */
     uint8_t *raw;         /* device: the same bytes */
     void *images;         /* device activations: query views, then key views */
@@ -42,6 +43,7 @@ gpu_trainer *gpu_trainer_create(int device, gpu_precision precision, const moco 
         return NULL;
     }
     t->batch = batch, t->size = size, t->param_count = host->q->param_count;
+    t->momentum_factor = (float)opt->momentum, t->weight_decay = (float)opt->weight_decay;
     t->view = (size_t)size * size * channels;
     for (int c = 0; c < 3; c++)
         t->mean[c] = (float)mean[c], t->std[c] = (float)std[c];
@@ -80,7 +82,8 @@ int gpu_trainer_step(gpu_trainer *t, const uint8_t *host_q, const uint8_t *host_
     int channels = (int)(t->view / ((size_t)t->size * t->size));
     if (gpu_normalise_u8(g, t->raw, 2 * (size_t)n * t->size * t->size, channels, t->mean, t->std, t->images, err) ||
         gpu_moco_step(t->m, t->images, im_k, n, t->size, t->size, host_perm, t->result, err) ||
-        gpu_sgd_step(g, gpu_resnet_param(q), gpu_resnet_grad(q), t->momentum, t->param_count, t->lr, 0, 0, err))
+        gpu_sgd_step(g, gpu_resnet_param(q), gpu_resnet_grad(q), t->momentum, t->param_count, t->lr, t->momentum_factor,
+                     t->weight_decay, err))
         return MOCO_ERR;
     float figures[3];
     if (gpu_download(g, figures, t->result, sizeof figures, err)) /* waits for the step */

@@ -1,0 +1,76 @@
+/* check_train.c — the device side of moco-pretrain --device cuda (cuda/train.cu: staging, the u8
+ * views normalised on the GPU, the MoCo step, SGD with the optimiser's momentum and weight decay,
+ * the download into the host mirror) against the CPU loop moco-pretrain runs: batcher.c's
+ * normalisation, moco_step, sgd_step. Four steps of the tiny parity model with a schedule of rates;
+ * then the host mirrors compared: both encoders, running statistics, queue and pointer, momentum. */
+#include "check.h"
+
+#include "moco.h"
+#include "optim.h"
+
+enum { N = 8, S = 16, C = 3, VIEW = S * S * C, STEPS = 4 };
+
+static const resnet_config tiny = {.depth = 18, .width = 4, .in_channels = 3, .cifar_stem = 1,
+                                   .head = RESNET_HEAD_MLP, .out_dim = 16};
+
+TEST(test_trainer_steps_match_the_cpu_loop)
+{
+    moco_error err = {{0}};
+    int bf16 = gpu_get_precision(g) == GPU_BF16;
+    double tol = bf16 ? 5e-2 : 5e-4;
+    const double mean[3] = {0.5, 0.4, 0.3}, stdev[3] = {0.25, 0.2, 0.3};
+    moco_config cfg = {.queue_size = 24, .key_momentum = 0.99, .temperature = 0.2, .bn_groups = 4, .query_bn_groups = 1};
+    moco *cpu = moco_create(be, &tiny, &cfg, &err), *back = moco_create(be, &tiny, &cfg, &err);
+    CHECK_OK(cpu && back ? 0 : -1, &err);
+    moco_init(cpu, 21);
+    sgd opt, opt_back;
+    CHECK_OK(sgd_init(&opt, cpu->q->param_count, 0.9, 5e-4, &err), &err);
+    CHECK_OK(sgd_init(&opt_back, cpu->q->param_count, 0.9, 5e-4, &err), &err);
+    /* the trainer is made on device 0 in this pass's precision, as moco-pretrain would */
+    gpu_trainer *t = gpu_trainer_create(0, gpu_get_precision(g), cpu, &opt, N, S, C, mean, stdev, &err);
+    CHECK_OK(t ? 0 : -1, &err);
+    uint8_t *u8 = malloc(2 * N * VIEW);
+    float *im = malloc(sizeof(float) * 2 * N * VIEW);
+    CHECK(u8 && im);
+    static const double rates[STEPS] = {0.3, 0.2, 0.1, 0.05};
+    for (int step = 0; step < STEPS; step++) {
+        rng r;
+        rng_init(&r, 22, 0, (uint64_t)step, 0);
+        for (int i = 0; i < 2 * N * VIEW; i++)
+            u8[i] = (uint8_t)rng_below(&r, 256);
+        for (int i = 0; i < 2 * N * VIEW; i++) /* batcher.c's table */
+            im[i] = (float)((u8[i] / 255.0 - mean[i % C]) / stdev[i % C]);
+        as_activations(im, 2 * N * VIEW);
+        int64_t perm[N];
+        moco_permutation(N, 23, step, perm);
+        moco_result want, got;
+        CHECK_OK(moco_step(cpu, im, im + N * VIEW, N, S, S, perm, NULL, &want, &err), &err);
+        sgd_step(&opt, cpu->q->param, cpu->q->grad, rates[step]);
+        CHECK_OK(gpu_trainer_step(t, u8, u8 + N * VIEW, N, perm, rates[step], &got, &err), &err);
+        printf("# trainer step %d loss: GPU %.6f, CPU %.6f; top1 %d/%d\n", step, got.loss, want.loss, got.top1, want.top1);
+        CHECK(fabs(got.loss - want.loss) <= tol * want.loss);
+    }
+    CHECK_OK(gpu_trainer_download(t, back, &opt_back, &err), &err);
+    CHECK(back->queue_ptr == cpu->queue_ptr);
+    CHECK(back->q->num_batches_tracked == cpu->q->num_batches_tracked);
+    struct { const char *what; const float *got, *want; size_t count; } parts[] = {
+        {"query encoder", back->q->param, cpu->q->param, cpu->q->param_count},
+        {"query running statistics", back->q->buffer, cpu->q->buffer, cpu->q->buffer_count},
+        {"key encoder", back->k->param, cpu->k->param, cpu->k->param_count},
+        {"queue", back->queue, cpu->queue, (size_t)cfg.queue_size * cpu->dim},
+        {"momentum buffers", opt_back.buf, opt.buf, cpu->q->param_count},
+    };
+    for (size_t i = 0; i < sizeof parts / sizeof *parts; i++) {
+        double e = rel_error(parts[i].got, parts[i].want, parts[i].count);
+        printf("# trainer after %d steps, %s/%s: largest relative error %.2g\n", STEPS, parts[i].what, bf16 ? "bf16" : "f32", e);
+        CHECK(e <= tol);
+    }
+    free(u8), free(im);
+    gpu_trainer_destroy(t);
+    sgd_free(&opt), sgd_free(&opt_back);
+    moco_destroy(cpu), moco_destroy(back);
+}
+
+static void run_all(void) { RUN(test_trainer_steps_match_the_cpu_loop); }
+
+CHECK_MAIN(run_all)
