@@ -27,14 +27,16 @@ ifneq ($(MPI_PC),)
   MPI_LIBS   := $(shell pkg-config --libs $(MPI_PC))
 endif
 
-# CUDA: built when nvcc and cudnn.h are both found, unless CUDA=0.
+# CUDA: built when nvcc, cuDNN and NCCL (headers and libraries) are found, unless CUDA=0.
 CUDA_HOME ?= /usr/local/cuda
 NVCC      ?= $(shell command -v nvcc 2>/dev/null || { test -x $(CUDA_HOME)/bin/nvcc && echo $(CUDA_HOME)/bin/nvcc; })
 CUDNN_H   := $(firstword $(wildcard $(CUDA_HOME)/include/cudnn.h /usr/include/cudnn.h /usr/include/*/cudnn.h))
 CUDNN_SO  := $(firstword $(wildcard $(CUDA_HOME)/lib64/libcudnn.so /usr/lib/*/libcudnn.so /usr/lib64/libcudnn.so))
+NCCL_H    := $(firstword $(wildcard $(CUDA_HOME)/include/nccl.h /usr/include/nccl.h))
+NCCL_SO   := $(firstword $(wildcard $(CUDA_HOME)/lib64/libnccl.so /usr/lib/*/libnccl.so /usr/lib64/libnccl.so))
 ifeq ($(CUDA),0)
   HAVE_CUDA := 0
-else ifneq ($(and $(NVCC),$(CUDNN_H),$(CUDNN_SO)),)
+else ifneq ($(and $(NVCC),$(CUDNN_H),$(CUDNN_SO),$(NCCL_H),$(NCCL_SO)),)
   HAVE_CUDA := 1
 else
   HAVE_CUDA := 0
@@ -42,7 +44,8 @@ endif
 NVCCFLAGS ?= -O2 -gencode arch=compute_90,code=sm_90 -std=c++17
 CUDA_LIB  := $(BUILD)/libmoco_cuda.a
 # cudart linked statically (the GPU machine's runtime may differ); cuDNN and cuBLAS from the system
-CUDA_LIBS := -L$(CUDA_HOME)/lib64 $(addprefix -L,$(dir $(CUDNN_SO))) -lcudnn -lcublas -lcudart_static -ldl -lrt -lstdc++
+CUDA_LIBS := -L$(CUDA_HOME)/lib64 $(addprefix -L,$(sort $(dir $(CUDNN_SO) $(NCCL_SO)))) -lcudnn -lcublas -lnccl -lcudart_static \
+             -ldl -lrt -lstdc++
 
 LIB_SRC   := $(wildcard libcommon/*.c)
 LIB_OBJ   := $(LIB_SRC:%.c=$(BUILD)/%.o)
@@ -75,7 +78,7 @@ $(BUILD)/peers/%.py: ../shared/peers/%.py
 cuda-notice: ;
 else
 cuda-notice:
-	@echo "note: CUDA backend not built ($(if $(filter 0,$(CUDA)),CUDA=0,nvcc or cudnn.h not found)); CPU only"
+	@echo "note: CUDA backend not built ($(if $(filter 0,$(CUDA)),CUDA=0,nvcc or cuDNN or NCCL not found)); CPU only"
 endif
 
 $(BUILD)/%.o: %.c $(wildcard libcommon/*.h) | $(BUILD)/libcommon $(BUILD)/tools $(BUILD)/tests/unit $(BUILD)/tests/bench $(BUILD)/tests/helpers
@@ -132,7 +135,7 @@ check: all
 # The CUDA backend against the CPU one, op by op (a GPU machine: see ../shared/DEVICE.md and
 # tests/cuda/device-check.sh); ends with "N passed, N failed" like make check.
 check-cuda: all
-	@test "$(HAVE_CUDA)" = 1 || { echo "check-cuda: the CUDA backend is not built (nvcc, cudnn.h or libcudnn.so missing)"; exit 1; }
+	@test "$(HAVE_CUDA)" = 1 || { echo "check-cuda: the CUDA backend is not built (nvcc or cuDNN or NCCL missing)"; exit 1; }
 	@sh tests/run.sh $(BUILD) cuda
 
 # Same sources, separate build folder, sanitizers on; any report aborts the test that caused it.

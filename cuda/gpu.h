@@ -193,6 +193,28 @@ int gpu_resnet_download(gpu_resnet *net, resnet *host, moco_error *err);
 int gpu_resnet_forward(gpu_resnet *net, const void *x, int n, int h, int w, int train, int bn_groups, moco_error *err);
 int gpu_resnet_backward(gpu_resnet *net, const float *d_output, moco_error *err);
 
+/* ---- ranks on GPUs (ranks.cu): NCCL collectives on the backend's stream ----
+ * The communicator's unique id is made by rank 0 (gpu_ranks_id) and sent to the others over MPI
+ * (dist.h) before every rank joins. Collectives are queued on the stream like any op; gpu_ranks_wait
+ * waits for them with a deadline, and a rank that died or hangs makes the others abort the
+ * communicator and fail instead of waiting forever. */
+enum { GPU_RANKS_ID_BYTES = 128 };
+typedef struct gpu_ranks gpu_ranks;
+int gpu_ranks_id(unsigned char id[GPU_RANKS_ID_BYTES], moco_error *err);
+gpu_ranks *gpu_ranks_join(gpu *g, const unsigned char id[GPU_RANKS_ID_BYTES], int rank, int ranks, double timeout,
+                          moco_error *err);
+/* ncclCommDestroy, or ncclCommAbort after a failure. */
+void gpu_ranks_leave(gpu_ranks *r);
+int gpu_ranks_rank(const gpu_ranks *r);
+int gpu_ranks_size(const gpu_ranks *r);
+/* In place: the mean (the gradients) or the sum (the loss and counts) of count floats over the ranks. */
+int gpu_ranks_mean(gpu_ranks *r, float *data, size_t count, moco_error *err);
+int gpu_ranks_sum(gpu_ranks *r, float *data, size_t count, moco_error *err);
+/* Every rank's `bytes` bytes into recv, rank 0's first. */
+int gpu_ranks_allgather(gpu_ranks *r, const void *send, size_t bytes, void *recv, moco_error *err);
+/* Wait for everything queued on the stream, collectives included, at most the timeout. */
+int gpu_ranks_wait(gpu_ranks *r, moco_error *err);
+
 /* ---- the MoCo step on the GPU (moco.cu): moco.h's step over these ops, one process ----
  * Built from a host moco (configuration, and the starting encoders and queue); the host moco is
  * the mirror for checkpoints (gpu_moco_download). The optimiser step is the caller's, on
@@ -205,11 +227,13 @@ gpu_resnet *gpu_moco_key(gpu_moco *m);
 /* Encoders, queue and queue pointer to the GPU, or back to the host moco. Synchronous. */
 int gpu_moco_upload(gpu_moco *m, const moco *host, moco_error *err);
 int gpu_moco_download(gpu_moco *m, moco *host, moco_error *err);
-/* As moco_step without peers: im_q and im_k are activations (n,H,W,C) on the device, host_perm the
- * step's permutation (moco_permutation). result (device, 3 floats): loss, top1, top5. The logits
- * (n, K+1) of the step stay readable through gpu_moco_logits until the next step. */
+/* As moco_step: im_q and im_k are this rank's activations (n,H,W,C) on the device, host_perm the
+ * step's permutation of all ranks' R n pairs (moco_permutation); ranks NULL in one process, else
+ * the key images and keys are all-gathered as moco.h describes. result (device, 3 floats): this
+ * rank's loss, top1, top5. The logits (n, K+1) stay readable through gpu_moco_logits until the next
+ * step. The gradients are this rank's: averaging them is the caller's (gpu_ranks_mean). */
 int gpu_moco_step(gpu_moco *m, const void *im_q, const void *im_k, int n, int h, int w, const int64_t *host_perm,
-                  float *result, moco_error *err);
+                  gpu_ranks *ranks, float *result, moco_error *err);
 const float *gpu_moco_logits(const gpu_moco *m);
 
 /* ---- a training run's device side (train.cu): what moco-pretrain --device cuda calls ----
@@ -220,9 +244,14 @@ typedef struct gpu_trainer gpu_trainer;
 /* host and opt: the starting state (fresh or loaded from a checkpoint), uploaded now. */
 gpu_trainer *gpu_trainer_create(int device, gpu_precision precision, const moco *host, const sgd *opt, int batch,
                                 int size, int channels, const double mean[3], const double std[3], moco_error *err);
+/* Make the trainer one of `ranks` data-parallel ranks (NCCL, id from rank 0 through MPI); its steps
+ * then average the gradients and sum the figures over the ranks. */
+int gpu_trainer_join(gpu_trainer *t, const unsigned char id[GPU_RANKS_ID_BYTES], int rank, int ranks, double timeout,
+                     moco_error *err);
 void gpu_trainer_destroy(gpu_trainer *t);
 const char *gpu_trainer_describe(const gpu_trainer *t);
-/* One step on n pairs of u8 views (n,S,S,C) each, with the step's permutation and learning rate. */
+/* One step on n pairs of u8 views (n,S,S,C) each, with the step's permutation (of all ranks' pairs)
+ * and learning rate; result: the sums over all ranks (loss summed: divide by the ranks). */
 int gpu_trainer_step(gpu_trainer *t, const uint8_t *host_q, const uint8_t *host_k, int n, const int64_t *host_perm,
                      double lr, moco_result *result, moco_error *err);
 /* The device state into the host moco and optimiser (for a checkpoint). */

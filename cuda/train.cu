@@ -1,6 +1,6 @@
 /* train.cu — the device side of a training run (see gpu.h): staging, normalisation, the MoCo step
- * and SGD on the GPU, for moco-pretrain --device cuda. One process; several ranks on GPUs need
- * NCCL, which is not built yet. */
+ * and SGD on the GPU, for moco-pretrain --device cuda; with ranks (ranks.cu) the gradients are
+ * averaged and the figures summed over them before the SGD step. */
 #include "gpu_internal.h"
 
 #include <stdlib.h>
@@ -9,6 +9,7 @@
 struct gpu_trainer {
     gpu *g;
     gpu_moco *m;
+    gpu_ranks *ranks; /* NULL: one process */
     size_t param_count, view;
     int batch, size;
     float mean[3], std[3];
@@ -24,6 +25,7 @@ void gpu_trainer_destroy(gpu_trainer *t)
     if (!t)
         return;
     if (t->g) {
+        gpu_ranks_leave(t->ranks);
         gpu_moco_destroy(t->m);
         gpu_host_free(t->g, t->staging);
         void *bufs[] = {t->raw, t->images, t->momentum, t->lr, t->result};
@@ -62,6 +64,14 @@ gpu_trainer *gpu_trainer_create(int device, gpu_precision precision, const moco 
     return t;
 }
 
+int gpu_trainer_join(gpu_trainer *t, const unsigned char id[GPU_RANKS_ID_BYTES], int rank, int ranks, double timeout,
+                     moco_error *err)
+{
+    if (ranks > 1 && !(t->ranks = gpu_ranks_join(t->g, id, rank, ranks, timeout, err)))
+        return MOCO_ERR;
+    return MOCO_OK;
+}
+
 const char *gpu_trainer_describe(const gpu_trainer *t) { return gpu_describe(t->g); }
 size_t gpu_trainer_peak_bytes(const gpu_trainer *t) { return gpu_peak_bytes(t->g); }
 
@@ -81,9 +91,15 @@ int gpu_trainer_step(gpu_trainer *t, const uint8_t *host_q, const uint8_t *host_
     char *im_k = (char *)t->images + bytes * gpu_act_size(g);
     int channels = (int)(t->view / ((size_t)t->size * t->size));
     if (gpu_normalise_u8(g, t->raw, 2 * (size_t)n * t->size * t->size, channels, t->mean, t->std, t->images, err) ||
-        gpu_moco_step(t->m, t->images, im_k, n, t->size, t->size, host_perm, t->result, err) ||
-        gpu_sgd_step(g, gpu_resnet_param(q), gpu_resnet_grad(q), t->momentum, t->param_count, t->lr, t->momentum_factor,
+        gpu_moco_step(t->m, t->images, im_k, n, t->size, t->size, host_perm, t->ranks, t->result, err))
+        return MOCO_ERR;
+    if (t->ranks && (gpu_ranks_mean(t->ranks, gpu_resnet_grad(q), t->param_count, err) ||
+                     gpu_ranks_sum(t->ranks, t->result, 3, err)))
+        return MOCO_ERR;
+    if (gpu_sgd_step(g, gpu_resnet_param(q), gpu_resnet_grad(q), t->momentum, t->param_count, t->lr, t->momentum_factor,
                      t->weight_decay, err))
+        return MOCO_ERR;
+    if (t->ranks && gpu_ranks_wait(t->ranks, err)) /* with a deadline: a dead rank must not hang us */
         return MOCO_ERR;
     float figures[3];
     if (gpu_download(g, figures, t->result, sizeof figures, err)) /* waits for the step */

@@ -12,7 +12,7 @@
 #endif
 
 struct dist {
-    int rank, size, mpi, broken;
+    int rank, size, local_rank, mpi, broken;
     double timeout;
 };
 
@@ -48,6 +48,11 @@ dist *dist_open(int *argc, char ***argv, double timeout, moco_error *err)
     d->mpi = 1;
     MPI_Comm_rank(MPI_COMM_WORLD, &d->rank);
     MPI_Comm_size(MPI_COMM_WORLD, &d->size);
+    MPI_Comm local; /* the ranks sharing this machine's memory: their order picks the GPUs */
+    if (MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, d->rank, MPI_INFO_NULL, &local) == MPI_SUCCESS) {
+        MPI_Comm_rank(local, &d->local_rank);
+        MPI_Comm_free(&local);
+    }
     return d;
 #else
     (void)argc, (void)argv;
@@ -72,6 +77,7 @@ void dist_close(dist *d)
 }
 
 int dist_rank(const dist *d) { return d->rank; }
+int dist_local_rank(const dist *d) { return d->local_rank; }
 int dist_size(const dist *d) { return d->size; }
 
 #ifdef MOCO_HAVE_MPI
@@ -163,6 +169,22 @@ int dist_allgather(dist *d, const float *send, size_t count, float *recv, const 
     return wait_for(d, &req, what, err);
 #else
     (void)what, (void)err;
+    return MOCO_OK;
+#endif
+}
+
+int dist_broadcast(dist *d, void *data, size_t bytes, int root, const char *what, moco_error *err)
+{
+    if (d->size == 1)
+        return MOCO_OK;
+#ifdef MOCO_HAVE_MPI
+    MPI_Request req;
+    if (fits_int(d, bytes, what, err))
+        return MOCO_ERR;
+    MPI_Ibcast(data, (int)bytes, MPI_BYTE, root, MPI_COMM_WORLD, &req);
+    return wait_for(d, &req, what, err);
+#else
+    (void)data, (void)bytes, (void)root, (void)what, (void)err;
     return MOCO_OK;
 #endif
 }

@@ -22,6 +22,8 @@ dist *dist_open(int *argc, char ***argv, double timeout, moco_error *err);
 void dist_close(dist *d);
 int dist_rank(const dist *d);
 int dist_size(const dist *d);
+/* This rank's place among the ranks on its machine (0 in a run of one): the GPU it takes by default. */
+int dist_local_rank(const dist *d);
 
 /* data (count floats) replaced by its mean over the ranks, the same on every rank. */
 int dist_mean(dist *d, float *data, size_t count, const char *what, moco_error *err);
@@ -30,6 +32,8 @@ typedef enum { DIST_SUM, DIST_MIN, DIST_MAX } dist_op;
 int dist_reduce(dist *d, double *data, int count, dist_op op, const char *what, moco_error *err);
 /* Every rank's `count` floats into recv, rank 0's first. */
 int dist_allgather(dist *d, const float *send, size_t count, float *recv, const char *what, moco_error *err);
+/* `bytes` bytes of rank root's data to every rank (NCCL's id, for one). */
+int dist_broadcast(dist *d, void *data, size_t bytes, int root, const char *what, moco_error *err);
 /* Every rank's 64-bit value into recv (size values). */
 int dist_allgather_u64(dist *d, uint64_t value, uint64_t *recv, const char *what, moco_error *err);
 

@@ -89,6 +89,7 @@ typedef struct {
     int have_mean, have_std, have_groups;
     double rank_timeout;
     int device;   /* -1: the CPU; else cuda:device */
+    int device_given; /* cuda:N given; plain cuda takes the rank's place on its machine */
     int bf16;     /* GPU activations in bf16 */
 } settings;
 
@@ -298,11 +299,9 @@ static int pretrain(settings *s, dist *d, int argc, char **argv, const char *in_
     if (!(be = backend_create((int)s->threads, &err)) || !(m = start_model(s, be, &opt, &step, &consumed, &err)))
         goto setup_done;
 #ifdef MOCO_HAVE_CUDA
-    if (s->device >= 0 && ranks > 1) {
-        moco_fail(&err, "--device cuda with %d ranks: the GPU collectives (NCCL) are not built yet; one GPU per run", ranks);
-        goto setup_done;
-    }
     if (s->device >= 0) {
+        if (!s->device_given)
+            s->device = dist_local_rank(d); /* one GPU per rank on each machine */
         if (!(trainer = gpu_trainer_create(s->device, s->bf16 ? GPU_BF16 : GPU_F32, m, &opt, (int)s->batch, size, channels,
                                            s->mean, s->std, &err)))
             goto setup_done;
@@ -365,6 +364,14 @@ setup_done:
         }
     if (same_state(d, m, step, &err))
         goto fail_reported;
+#ifdef MOCO_HAVE_CUDA
+    if (trainer && ranks > 1) { /* the GPUs' communicator: rank 0's NCCL id, sent over MPI */
+        unsigned char id[GPU_RANKS_ID_BYTES] = {0};
+        if ((rank == 0 && gpu_ranks_id(id, &err)) || dist_broadcast(d, id, sizeof id, 0, "NCCL id", &err) ||
+            gpu_trainer_join((gpu_trainer *)trainer, id, rank, ranks, s->rank_timeout, &err))
+            goto fail_reported;
+    }
+#endif
     total_steps = steps_per_epoch * s->epochs;
     if (s->max_steps >= 0 && s->max_steps < total_steps)
         total_steps = s->max_steps; /* 0: just the initial checkpoint, a random-init baseline */
@@ -638,7 +645,7 @@ int main(int argc, char **argv)
             } else if (!strncmp(optarg, "cuda", 4) && (!optarg[4] || optarg[4] == ':')) {
 #ifdef MOCO_HAVE_CUDA
                 status = optarg[4] ? cli_int("--device cuda:N", optarg + 5, 0, 1023, &v) : (v = 0, 0);
-                s.device = (int)v;
+                s.device = (int)v, s.device_given = optarg[4] != 0;
 #else
                 return cli_usage_error("--device %s: this build has the CPU backend only (--device cpu)", optarg);
 #endif

@@ -52,7 +52,7 @@ TEST(test_moco_steps_match_cpu)
         CHECK_OK(gpu_upload(g, d_u8, u8, 2 * N * VIEW, &err), &err);
         CHECK_OK(gpu_normalise_u8(g, d_u8, (size_t)2 * N * S * S, C, mean, stdev, d_im, &err), &err);
         char *im_k = (char *)d_im + (size_t)N * VIEW * gpu_act_size(g);
-        CHECK_OK(gpu_moco_step(dev, d_im, im_k, N, S, S, perm, d_result, &err), &err);
+        CHECK_OK(gpu_moco_step(dev, d_im, im_k, N, S, S, perm, NULL, d_result, &err), &err);
         CHECK_DEVICE(gpu_moco_logits(dev), 0, cpu->logits, nl, tol_step, "moco logits");
         float result[3], want = (float)res.loss;
         CHECK_OK(gpu_download(g, result, d_result, sizeof result, &err), &err);
