@@ -64,8 +64,9 @@ TEST(test_moco_step_through_one_rank_equals_one_process)
     CHECK_OK(gpu_moco_download(alone, back1, &err), &err);
     CHECK_OK(gpu_moco_download(ranked, back2, &err), &err);
     CHECK(back1->queue_ptr == back2->queue_ptr);
-    CHECK(memcmp(back1->queue, back2->queue, sizeof(float) * cfg.queue_size * host->dim) == 0);
-    CHECK(memcmp(back1->q->grad, back2->q->grad, sizeof(float) * host->q->param_count) == 0);
+    /* the two nets chose their cuDNN algorithms apart, so equal to rounding, not bit for bit */
+    CHECK(rel_error(back2->queue, back1->queue, (size_t)cfg.queue_size * host->dim) <= tolerance());
+    CHECK(rel_error(back2->q->grad, back1->q->grad, host->q->param_count) <= 10 * tolerance());
     gpu_free(g, d_im), gpu_free(g, res1), gpu_free(g, res2);
     free(im);
     gpu_ranks_leave(r);
