@@ -95,6 +95,10 @@ $(BUILD)/tools/moco-pretrain.o: CPPFLAGS += -DMOCO_HAVE_CUDA -Icuda
 $(BUILD)/tools/moco-pretrain.o: $(wildcard cuda/*.h)
 $(BUILD)/bin/moco-pretrain: $(CUDA_LIB)
 $(BUILD)/bin/moco-pretrain: LDLIBS := $(CUDA_LIB) $(LDLIBS) $(CUDA_LIBS)
+$(BUILD)/tools/moco-extract.o: CPPFLAGS += -DMOCO_HAVE_CUDA -Icuda
+$(BUILD)/tools/moco-extract.o: $(wildcard cuda/*.h)
+$(BUILD)/bin/moco-extract: $(CUDA_LIB)
+$(BUILD)/bin/moco-extract: LDLIBS := $(CUDA_LIB) $(LDLIBS) $(CUDA_LIBS)
 $(BUILD)/tests/bench/moco_step_bench.o: CPPFLAGS += -DMOCO_HAVE_CUDA -Icuda
 $(BUILD)/tests/bench/moco_step_bench.o: $(wildcard cuda/*.h)
 $(BUILD)/bench/moco_step_bench: $(CUDA_LIB)

@@ -259,6 +259,16 @@ int gpu_trainer_download(gpu_trainer *t, moco *host, sgd *opt, moco_error *err);
 /* Peak device memory of the run so far, in bytes (gpu_peak_bytes). */
 size_t gpu_trainer_peak_bytes(const gpu_trainer *t);
 
+/* ---- frozen features on the GPU (train.cu): what moco-extract --device cuda calls ----
+ * A forward-only copy of the host net in evaluation mode; each call uploads a batch of u8 views,
+ * normalises them on the device and brings the pooled features (n, F) back as float32. */
+typedef struct gpu_extractor gpu_extractor;
+gpu_extractor *gpu_extractor_create(int device, gpu_precision precision, const resnet *host, int batch, int size,
+                                    int channels, const double mean[3], const double std[3], moco_error *err);
+void gpu_extractor_destroy(gpu_extractor *x);
+const char *gpu_extractor_describe(const gpu_extractor *x);
+int gpu_extractor_run(gpu_extractor *x, const uint8_t *host_views, int n, float *host_features, moco_error *err);
+
 #ifdef __cplusplus
 }
 #endif

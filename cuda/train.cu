@@ -1,6 +1,6 @@
-/* train.cu — the device side of a training run (see gpu.h): staging, normalisation, the MoCo step
- * and SGD on the GPU, for moco-pretrain --device cuda; with ranks (ranks.cu) the gradients are
- * averaged and the figures summed over them before the SGD step. */
+/* train.cu — the device side of the tools (see gpu.h): for moco-pretrain --device cuda, staging,
+ * normalisation, the MoCo step and SGD on the GPU, with ranks (ranks.cu) the gradients averaged and
+ * the figures summed before the SGD step; for moco-extract --device cuda, frozen features. */
 #include "gpu_internal.h"
 
 #include <stdlib.h>
@@ -114,4 +114,67 @@ int gpu_trainer_download(gpu_trainer *t, moco *host, sgd *opt, moco_error *err)
         gpu_download(t->g, opt->buf, t->momentum, sizeof(float) * t->param_count, err))
         return MOCO_ERR;
     return MOCO_OK;
+}
+
+/* ---- frozen features ---- */
+
+struct gpu_extractor {
+    gpu *g;
+    gpu_resnet *net;
+    int batch, size, channels, feature_dim;
+    float mean[3], std[3];
+    uint8_t *staging, *raw; /* page-locked and device copies of a batch of u8 views */
+    void *images;
+};
+
+void gpu_extractor_destroy(gpu_extractor *x)
+{
+    if (!x)
+        return;
+    if (x->g) {
+        gpu_resnet_destroy(x->net);
+        gpu_host_free(x->g, x->staging);
+        gpu_free(x->g, x->raw);
+        gpu_free(x->g, x->images);
+        gpu_destroy(x->g);
+    }
+    free(x);
+}
+
+gpu_extractor *gpu_extractor_create(int device, gpu_precision precision, const resnet *host, int batch, int size,
+                                    int channels, const double mean[3], const double std[3], moco_error *err)
+{
+    gpu_extractor *x = (gpu_extractor *)calloc(1, sizeof *x);
+    if (!x) {
+        moco_fail(err, "out of memory");
+        return NULL;
+    }
+    x->batch = batch, x->size = size, x->channels = channels, x->feature_dim = host->feature_dim;
+    for (int c = 0; c < 3; c++)
+        x->mean[c] = (float)mean[c], x->std[c] = (float)std[c];
+    size_t bytes = (size_t)batch * size * size * channels;
+    int ok = (x->g = gpu_create(device, precision, err)) && (x->net = gpu_resnet_create(x->g, host, 0, err)) &&
+             (x->staging = (uint8_t *)gpu_host_alloc(x->g, bytes, err)) && (x->raw = (uint8_t *)gpu_alloc(x->g, bytes, err)) &&
+             (x->images = gpu_alloc(x->g, bytes * gpu_act_size(x->g), err));
+    if (!ok) {
+        gpu_extractor_destroy(x);
+        return NULL;
+    }
+    return x;
+}
+
+const char *gpu_extractor_describe(const gpu_extractor *x) { return gpu_describe(x->g); }
+
+int gpu_extractor_run(gpu_extractor *x, const uint8_t *host_views, int n, float *host_features, moco_error *err)
+{
+    gpu *g = x->g;
+    if (n < 1 || n > x->batch)
+        return moco_fail(err, "a batch of %d views; between 1 and %d planned", n, x->batch);
+    size_t pixels = (size_t)n * x->size * x->size, bytes = pixels * x->channels;
+    memcpy(x->staging, host_views, bytes);
+    CUDA_CHECK(cudaMemcpyAsync(x->raw, x->staging, bytes, cudaMemcpyHostToDevice, g->stream), err, "uploading the views");
+    if (gpu_normalise_u8(g, x->raw, pixels, x->channels, x->mean, x->std, x->images, err) ||
+        gpu_resnet_forward(x->net, x->images, n, x->size, x->size, 0, 1, err))
+        return MOCO_ERR;
+    return gpu_download(g, host_features, gpu_resnet_pooled(x->net), sizeof(float) * n * x->feature_dim, err);
 }

@@ -7,6 +7,7 @@
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <unistd.h>
 
 static const char *tool_name = "moco";
@@ -104,6 +105,24 @@ int cli_part(const char *option, const char *s, int *part, int *parts)
         return cli_usage_error("%s: '%s' is not I/N with 0 <= I < N", option, s);
     *part = i;
     *parts = n;
+    return 0;
+}
+
+int cli_device(const char *s, int cuda_built, int *device, int *given)
+{
+    *given = 0;
+    if (!strcmp(s, "cpu")) {
+        *device = -1;
+        return 0;
+    }
+    if (strncmp(s, "cuda", 4) || (s[4] && s[4] != ':'))
+        return cli_usage_error("--device %s: expected cpu, cuda or cuda:N", s);
+    if (!cuda_built)
+        return cli_usage_error("--device %s: this build has the CPU backend only (--device cpu)", s);
+    int64_t v = 0;
+    if (s[4] && cli_int("--device cuda:N", s + 5, 0, 1023, &v))
+        return EXIT_USAGE;
+    *device = (int)v, *given = s[4] != 0;
     return 0;
 }
 

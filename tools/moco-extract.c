@@ -15,6 +15,12 @@
 #include "checkpoint.h"
 #include "cli.h"
 #include "progress.h"
+#ifdef MOCO_HAVE_CUDA
+#include "gpu.h"
+#define CUDA_BUILT 1
+#else
+#define CUDA_BUILT 0
+#endif
 #include "resnet.h"
 #include "safetensors.h"
 
@@ -30,7 +36,9 @@ static const char usage[] =
     "  --view N            which view of each record (default 0)\n"
     "  --dtype f32|f16     feature type (default f32)\n"
     "  --batch N           views per forward pass (default 256)\n"
-    "  --threads N         compute threads (default: all cores); --device cpu\n"
+    "  --threads N         compute threads (default: all cores)\n"
+    "  --device cpu|cuda[:N]  where the encoder runs (default cpu; cuda in builds with the CUDA backend)\n"
+    "  --precision bf16|f32   GPU activations (default f32: features as the CPU computes them)\n"
     "  --mean a,b,c --std a,b,c   normalisation (default: the stream's header)\n"
     "  -o, --out FILE      write to FILE (atomically) instead of standard output\n"
     "  --level L           zstd level (default: 0 into a pipe, 3 into a file)\n"
@@ -107,20 +115,21 @@ static resnet *load_model(backend *be, const char *path, const char *part, const
 int main(int argc, char **argv)
 {
     cli_init("moco-extract");
-    enum { O_PART = 256, O_PREFIX, O_VIEW, O_DTYPE, O_BATCH, O_THREADS, O_DEVICE, O_MEAN, O_STD, O_LEVEL, O_HELP,
-           O_VERSION };
+    enum { O_PART = 256, O_PREFIX, O_VIEW, O_DTYPE, O_BATCH, O_THREADS, O_DEVICE, O_PRECISION, O_MEAN, O_STD, O_LEVEL,
+           O_HELP, O_VERSION };
     static const struct option options[] = {
         {"part", required_argument, 0, O_PART}, {"prefix", required_argument, 0, O_PREFIX},
         {"view", required_argument, 0, O_VIEW}, {"dtype", required_argument, 0, O_DTYPE},
         {"batch", required_argument, 0, O_BATCH}, {"threads", required_argument, 0, O_THREADS},
-        {"device", required_argument, 0, O_DEVICE}, {"mean", required_argument, 0, O_MEAN},
+        {"device", required_argument, 0, O_DEVICE}, {"precision", required_argument, 0, O_PRECISION},
+        {"mean", required_argument, 0, O_MEAN},
         {"std", required_argument, 0, O_STD}, {"out", required_argument, 0, 'o'},
         {"level", required_argument, 0, O_LEVEL}, {"quiet", no_argument, 0, 'q'},
         {"help", no_argument, 0, O_HELP}, {"version", no_argument, 0, O_VERSION}, {0, 0, 0, 0},
     };
     const char *part = "encoder_q", *prefix = NULL, *out_path = NULL;
     int64_t view = 0, batch_size = 256, threads = cli_default_threads(), level = -1000, c, status = 0;
-    int f16 = 0, quiet = 0, have_mean = 0, have_std = 0;
+    int f16 = 0, quiet = 0, have_mean = 0, have_std = 0, device = -1, device_given = 0, bf16 = 0;
     double mean[3], std[3];
     while ((c = getopt_long(argc, argv, "o:q", options, NULL)) != -1 && !status) {
         switch (c) {
@@ -138,9 +147,11 @@ int main(int argc, char **argv)
             break;
         case O_BATCH: status = cli_int("--batch", optarg, 1, 1 << 20, &batch_size); break;
         case O_THREADS: status = cli_int("--threads", optarg, 1, 4096, &threads); break;
-        case O_DEVICE:
-            if (strcmp(optarg, "cpu"))
-                return cli_usage_error("--device %s: this build has the CPU backend only (--device cpu)", optarg);
+        case O_DEVICE: status = cli_device(optarg, CUDA_BUILT, &device, &device_given); break;
+        case O_PRECISION:
+            if (strcmp(optarg, "bf16") && strcmp(optarg, "f32"))
+                return cli_usage_error("--precision %s: expected bf16 or f32", optarg);
+            bf16 = !strcmp(optarg, "bf16");
             break;
         case O_MEAN: status = cli_reals("--mean", optarg, 3, -1e9, 1e9, mean); have_mean = 1; break;
         case O_STD: status = cli_reals("--std", optarg, 3, 1e-12, 1e9, std); have_std = 1; break;
@@ -228,7 +239,7 @@ int main(int argc, char **argv)
     }
 
     batcher_options bo = {.batch = (int)batch_size, .views = (int)view + 1, .size = size, .channels = channels,
-                          .keep_last = 1};
+                          .keep_last = 1, .raw = device >= 0};
     memcpy(bo.mean, mean, sizeof mean);
     memcpy(bo.std, std, sizeof std);
     batcher *feed = batcher_open(in, name, &bo, &err);
@@ -240,14 +251,34 @@ int main(int argc, char **argv)
     }
     int dim = net->feature_dim;
     uint16_t *half = malloc(sizeof(uint16_t) * dim);
+    int rc = half ? MOCO_OK : moco_fail(&err, "out of memory");
+    float *features = NULL; /* the GPU's, brought back: (batch, dim) */
+#ifdef MOCO_HAVE_CUDA
+    gpu_extractor *gx = NULL;
+    if (!rc && device >= 0) {
+        if (!(features = malloc(sizeof(float) * batch_size * dim)))
+            rc = moco_fail(&err, "out of memory");
+        else if (!(gx = gpu_extractor_create(device, bf16 ? GPU_BF16 : GPU_F32, net, (int)batch_size, size, channels,
+                                              mean, std, &err)))
+            rc = MOCO_ERR;
+        else if (!quiet)
+            fprintf(stderr, "moco-extract: cuda:%d: %s\n", device, gpu_extractor_describe(gx));
+    }
+#else
+    (void)bf16, (void)device_given;
+#endif
     progress *bar = progress_start("moco-extract", samples > 0 ? samples * epochs : -1, quiet);
     int64_t done = 0;
-    int rc = half ? MOCO_OK : moco_fail(&err, "out of memory");
     batch b;
     while (!rc && (rc = batcher_next(feed, &b, NULL, &err)) == 1) {
-        rc = resnet_forward(net, b.views[view], b.n, size, size, 0, 1, &err);
+#ifdef MOCO_HAVE_CUDA
+        if (gx)
+            rc = gpu_extractor_run(gx, b.raw[view], b.n, features, &err);
+        else
+#endif
+            rc = resnet_forward(net, b.views[view], b.n, size, size, 0, 1, &err);
         for (int i = 0; !rc && i < b.n; i++) {
-            const float *f = net->pooled + (size_t)i * dim;
+            const float *f = (features ? features : net->pooled) + (size_t)i * dim;
             stream_record rec;
             stream_record_init(&rec, b.sample_ids[i], b.labels[i]);
             int64_t dims[1] = {dim};
@@ -270,6 +301,10 @@ int main(int argc, char **argv)
         cli_warn("%lld damaged record(s) skipped, the first: %s", (long long)damaged, damage);
     batcher_close(feed);
     free(half);
+    free(features);
+#ifdef MOCO_HAVE_CUDA
+    gpu_extractor_destroy(gx);
+#endif
     resnet_destroy(net);
     backend_destroy(be);
     if (rc == MOCO_EPIPE) {

@@ -25,6 +25,9 @@
 #include "progress.h"
 #ifdef MOCO_HAVE_CUDA
 #include "gpu.h"
+#define CUDA_BUILT 1
+#else
+#define CUDA_BUILT 0
 #endif
 
 static const char usage[] =
@@ -639,20 +642,7 @@ int main(int argc, char **argv)
         case O_LOG_EVERY: status = cli_int("--log-every", optarg, 1, 1000000, &s.log_every); break;
         case O_SEED: status = cli_int("--seed", optarg, 0, INT64_MAX, &s.seed); break;
         case O_THREADS: status = cli_int("--threads", optarg, 1, 4096, &s.threads); break;
-        case O_DEVICE:
-            if (!strcmp(optarg, "cpu")) {
-                s.device = -1;
-            } else if (!strncmp(optarg, "cuda", 4) && (!optarg[4] || optarg[4] == ':')) {
-#ifdef MOCO_HAVE_CUDA
-                status = optarg[4] ? cli_int("--device cuda:N", optarg + 5, 0, 1023, &v) : (v = 0, 0);
-                s.device = (int)v, s.device_given = optarg[4] != 0;
-#else
-                return cli_usage_error("--device %s: this build has the CPU backend only (--device cpu)", optarg);
-#endif
-            } else {
-                return cli_usage_error("--device %s: expected cpu, cuda or cuda:N", optarg);
-            }
-            break;
+        case O_DEVICE: status = cli_device(optarg, CUDA_BUILT, &s.device, &s.device_given); break;
         case O_PRECISION:
             if (strcmp(optarg, "bf16") && strcmp(optarg, "f32"))
                 return cli_usage_error("--precision %s: expected bf16 or f32", optarg);

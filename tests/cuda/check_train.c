@@ -1,8 +1,9 @@
-/* check_train.c — the device side of moco-pretrain --device cuda (cuda/train.cu: staging, the u8
+/* check_train.c — the device side of the tools. moco-pretrain --device cuda (cuda/train.cu: staging, the u8
  * views normalised on the GPU, the MoCo step, SGD with the optimiser's momentum and weight decay,
  * the download into the host mirror) against the CPU loop moco-pretrain runs: batcher.c's
  * normalisation, moco_step, sgd_step. Four steps of the tiny parity model with a schedule of rates;
- * then the host mirrors compared: both encoders, running statistics, queue and pointer, momentum. */
+ * then the host mirrors compared: both encoders, running statistics, queue and pointer, momentum.
+ * moco-extract --device cuda: the frozen features of u8 views. */
 #include "check.h"
 
 #include "moco.h"
@@ -71,6 +72,43 @@ TEST(test_trainer_steps_match_the_cpu_loop)
     moco_destroy(cpu), moco_destroy(back);
 }
 
-static void run_all(void) { RUN(test_trainer_steps_match_the_cpu_loop); }
+/* moco-extract --device cuda: features of u8 views through the GPU net in evaluation mode, against
+ * the CPU's; a last batch smaller than the planned one too */
+TEST(test_extractor_features_match_the_cpu)
+{
+    moco_error err = {{0}};
+    const double mean[3] = {0.5, 0.4, 0.3}, stdev[3] = {0.25, 0.2, 0.3};
+    resnet *net = resnet_create(be, &tiny, 0, &err);
+    CHECK_OK(net ? 0 : -1, &err);
+    resnet_init(net, 31);
+    for (size_t i = 0; i < net->buffer_count; i++) /* running statistics away from 0 and 1 */
+        net->buffer[i] = 0.5f + 0.25f * (float)(i % 7);
+    gpu_extractor *x = gpu_extractor_create(0, gpu_get_precision(g), net, N, S, C, mean, stdev, &err);
+    CHECK_OK(x ? 0 : -1, &err);
+    uint8_t u8[N * VIEW];
+    float im[N * VIEW], got[N * 32];
+    rng r;
+    rng_init(&r, 32, 0, 0, 0);
+    for (int i = 0; i < N * VIEW; i++)
+        u8[i] = (uint8_t)rng_below(&r, 256), im[i] = (float)((u8[i] / 255.0 - mean[i % C]) / stdev[i % C]);
+    as_activations(im, N * VIEW);
+    CHECK(net->feature_dim <= 32);
+    for (int n = N; n >= N - 3; n -= 3) {
+        CHECK_OK(resnet_forward(net, im, n, S, S, 0, 1, &err), &err);
+        CHECK_OK(gpu_extractor_run(x, u8, n, got, &err), &err);
+        double e = rel_error(got, net->pooled, (size_t)n * net->feature_dim);
+        printf("# extractor features of %d views/%s: largest relative error %.2g\n", n,
+               gpu_get_precision(g) == GPU_BF16 ? "bf16" : "f32", e);
+        CHECK(e <= (gpu_get_precision(g) == GPU_BF16 ? 5e-2 : 2e-4));
+    }
+    gpu_extractor_destroy(x);
+    resnet_destroy(net);
+}
+
+static void run_all(void)
+{
+    RUN(test_trainer_steps_match_the_cpu_loop);
+    RUN(test_extractor_features_match_the_cpu);
+}
 
 CHECK_MAIN(run_all)
