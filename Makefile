@@ -41,8 +41,9 @@ else ifneq ($(and $(NVCC),$(CUDNN_H),$(CUDNN_SO),$(NCCL_H),$(NCCL_SO)),)
 else
   HAVE_CUDA := 0
 endif
-NVCCFLAGS ?= -O2 -gencode arch=compute_90,code=sm_90 -std=c++17
+NVCCFLAGS ?= -O2 -gencode arch=compute_90,code=sm_90 -std=c++17 -Xcompiler -fPIC,-fvisibility=hidden
 CUDA_LIB  := $(BUILD)/libmoco_cuda.a
+CUDA_SO   := $(BUILD)/lib/libmoco_cuda.so
 # cudart linked statically (the GPU machine's runtime may differ); cuDNN and cuBLAS from the system
 CUDA_LIBS := -L$(CUDA_HOME)/lib64 $(addprefix -L,$(sort $(dir $(CUDNN_SO) $(NCCL_SO)))) -lcudnn -lcublas -lnccl -lcudart_static \
              -ldl -lrt -lstdc++
@@ -72,7 +73,7 @@ all: $(TOOLS) $(TESTS) $(HELPERS) $(BENCHES) cuda-notice
 ifeq ($(HAVE_CUDA),1)
 # the PyTorch peers copied beside the build: a GPU machine gets the checkout and build/, not ../shared
 PEER_COPIES := $(patsubst ../shared/peers/%,$(BUILD)/peers/%,$(wildcard ../shared/peers/*.py))
-all: $(CUDA_LIB) $(CUDA_CHECKS) $(PEER_COPIES)
+all: $(CUDA_LIB) $(CUDA_SO) $(CUDA_CHECKS) $(PEER_COPIES)
 $(BUILD)/peers/%.py: ../shared/peers/%.py
 	@mkdir -p $(dir $@) && cp $< $@
 cuda-notice: ;
@@ -89,21 +90,9 @@ $(BUILD)/libcommon/resample.o: OPT = -O3
 
 $(BUILD)/libcommon/dist.o: CPPFLAGS += $(MPI_CFLAGS)
 $(BUILD)/bin/moco-pretrain: LDLIBS += $(MPI_LIBS)
-# moco-pretrain --device cuda: the CUDA backend linked in when it is built
-ifeq ($(HAVE_CUDA),1)
-$(BUILD)/tools/moco-pretrain.o: CPPFLAGS += -DMOCO_HAVE_CUDA -Icuda
-$(BUILD)/tools/moco-pretrain.o: $(wildcard cuda/*.h)
-$(BUILD)/bin/moco-pretrain: $(CUDA_LIB)
-$(BUILD)/bin/moco-pretrain: LDLIBS := $(CUDA_LIB) $(LDLIBS) $(CUDA_LIBS)
-$(BUILD)/tools/moco-extract.o: CPPFLAGS += -DMOCO_HAVE_CUDA -Icuda
-$(BUILD)/tools/moco-extract.o: $(wildcard cuda/*.h)
-$(BUILD)/bin/moco-extract: $(CUDA_LIB)
-$(BUILD)/bin/moco-extract: LDLIBS := $(CUDA_LIB) $(LDLIBS) $(CUDA_LIBS)
-$(BUILD)/tests/bench/moco_step_bench.o: CPPFLAGS += -DMOCO_HAVE_CUDA -Icuda
-$(BUILD)/tests/bench/moco_step_bench.o: $(wildcard cuda/*.h)
-$(BUILD)/bench/moco_step_bench: $(CUDA_LIB)
-$(BUILD)/bench/moco_step_bench: LDLIBS := $(CUDA_LIB) $(LDLIBS) $(CUDA_LIBS)
-endif
+# --device cuda: the tools load build/lib/libmoco_cuda.so at run time (gpu_api.h), so nothing of
+# CUDA is mapped into a CPU run; the library resolves libcommon's symbols in the tool that loads it.
+LDLIBS += -ldl -rdynamic
 
 $(LIB): $(LIB_OBJ)
 	rm -f $@ && ar rcs $@ $^
@@ -126,6 +115,11 @@ $(BUILD)/cuda/%.o: cuda/%.cu $(wildcard cuda/*.h libcommon/*.h) | $(BUILD)/cuda
 # The GPU op checks: built wherever CUDA is (CI compiles them), run by make check-cuda on a GPU.
 $(BUILD)/cuda-tests/%: tests/cuda/%.c tests/cuda/check.h $(LIB) $(CUDA_LIB) | $(BUILD)/cuda-tests
 	$(CC) $(CPPFLAGS) -Icuda -Itests/unit $(ALL_CFLAGS) $< $(CUDA_LIB) $(LIB) $(LDLIBS) $(CUDA_LIBS) -o $@
+
+# what the tools dlopen: the backend with cuDNN, cuBLAS, NCCL and (static) cudart behind it
+$(CUDA_SO): $(CUDA_OBJ)
+	@mkdir -p $(dir $@)
+	$(NVCC) -shared -cudart static -o $@ $(CUDA_OBJ) $(CUDA_LIBS)
 
 $(CUDA_LIB): $(CUDA_OBJ)
 	rm -f $@ && ar rcs $@ $^
@@ -175,6 +169,7 @@ demo:
 install: $(TOOLS)
 	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/share/man/man1 $(DESTDIR)$(PREFIX)/share/man/man5 $(DESTDIR)$(PREFIX)/share/man/man7
 	install -m 755 $(TOOLS) $(DESTDIR)$(PREFIX)/bin/
+	if [ -f $(CUDA_SO) ]; then install -d $(DESTDIR)$(PREFIX)/lib && install -m 755 $(CUDA_SO) $(DESTDIR)$(PREFIX)/lib/; fi
 	for m in $(MAN_PAGES); do install -m 644 $$m $(DESTDIR)$(PREFIX)/share/man/$$(basename $$(dirname $$m))/; done
 
 clean:

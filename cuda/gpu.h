@@ -14,7 +14,7 @@
  * stream and return at once; a failed launch or library call is reported at the call with the op
  * and shape, a failure during execution at the next gpu_sync. Nothing here prints or exits.
  *
- * Declared extern "C": the C tools and tests link it. */
+ * Declared extern "C": the C check programs link it; the tools load it (gpu_api.h, api.cu). */
 #ifndef MOCO_CUDA_GPU_H
 #define MOCO_CUDA_GPU_H
 
@@ -26,11 +26,10 @@ extern "C" { /* libcommon's headers are C: their functions keep C linkage in the
 #endif
 
 #include "error.h"
+#include "gpu_api.h" /* gpu_precision, and the tools' entry points gathered into a table */
 #include "moco.h"
 #include "optim.h"
 #include "resnet.h"
-
-typedef enum { GPU_F32 = 0, GPU_BF16 = 1 } gpu_precision;
 
 typedef struct gpu gpu;
 
@@ -198,7 +197,6 @@ int gpu_resnet_backward(gpu_resnet *net, const float *d_output, moco_error *err)
  * (dist.h) before every rank joins. Collectives are queued on the stream like any op; gpu_ranks_wait
  * waits for them with a deadline, and a rank that died or hangs makes the others abort the
  * communicator and fail instead of waiting forever. */
-enum { GPU_RANKS_ID_BYTES = 128 };
 typedef struct gpu_ranks gpu_ranks;
 int gpu_ranks_id(unsigned char id[GPU_RANKS_ID_BYTES], moco_error *err);
 gpu_ranks *gpu_ranks_join(gpu *g, const unsigned char id[GPU_RANKS_ID_BYTES], int rank, int ranks, double timeout,
@@ -240,7 +238,6 @@ const float *gpu_moco_logits(const gpu_moco *m);
  * Holds the GPU MoCo, the SGD momentum buffers and page-locked staging for the u8 views: each step
  * copies the raw views of a batch (batcher.h's raw mode) into staging, uploads them, normalises on
  * the device, runs the MoCo and SGD steps and reads back the loss and accuracy counts. */
-typedef struct gpu_trainer gpu_trainer;
 /* host and opt: the starting state (fresh or loaded from a checkpoint), uploaded now. */
 gpu_trainer *gpu_trainer_create(int device, gpu_precision precision, const moco *host, const sgd *opt, int batch,
                                 int size, int channels, const double mean[3], const double std[3], moco_error *err);
@@ -262,7 +259,6 @@ size_t gpu_trainer_peak_bytes(const gpu_trainer *t);
 /* ---- frozen features on the GPU (train.cu): what moco-extract --device cuda calls ----
  * A forward-only copy of the host net in evaluation mode; each call uploads a batch of u8 views,
  * normalises them on the device and brings the pooled features (n, F) back as float32. */
-typedef struct gpu_extractor gpu_extractor;
 gpu_extractor *gpu_extractor_create(int device, gpu_precision precision, const resnet *host, int batch, int size,
                                     int channels, const double mean[3], const double std[3], moco_error *err);
 void gpu_extractor_destroy(gpu_extractor *x);

@@ -108,7 +108,7 @@ int cli_part(const char *option, const char *s, int *part, int *parts)
     return 0;
 }
 
-int cli_device(const char *s, int cuda_built, int *device, int *given)
+int cli_device(const char *s, int *device, int *given)
 {
     *given = 0;
     if (!strcmp(s, "cpu")) {
@@ -117,8 +117,6 @@ int cli_device(const char *s, int cuda_built, int *device, int *given)
     }
     if (strncmp(s, "cuda", 4) || (s[4] && s[4] != ':'))
         return cli_usage_error("--device %s: expected cpu, cuda or cuda:N", s);
-    if (!cuda_built)
-        return cli_usage_error("--device %s: this build has the CPU backend only (--device cpu)", s);
     int64_t v = 0;
     if (s[4] && cli_int("--device cuda:N", s + 5, 0, 1023, &v))
         return EXIT_USAGE;

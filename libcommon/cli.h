@@ -36,8 +36,9 @@ int cli_reals(const char *option, const char *s, int n, double min, double max, 
 /* Parse "I/N" (0 <= I < N), the --part of a process among N; EXIT_USAGE after a message. */
 int cli_part(const char *option, const char *s, int *part, int *parts);
 /* --device: "cpu" -> -1; "cuda" -> 0 with *given = 0 (the caller may pick, e.g. by rank); "cuda:N"
- * -> N with *given = 1. cuda_built = 0 makes any cuda a usage error naming the CPU-only build. */
-int cli_device(const char *s, int cuda_built, int *device, int *given);
+ * -> N with *given = 1. Whether there is a CUDA backend to run it is found when it is loaded
+ * (gpu_api.h). */
+int cli_device(const char *s, int *device, int *given);
 
 /* Online processor count: the default for --threads. */
 int cli_default_threads(void);

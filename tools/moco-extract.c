@@ -15,12 +15,7 @@
 #include "checkpoint.h"
 #include "cli.h"
 #include "progress.h"
-#ifdef MOCO_HAVE_CUDA
-#include "gpu.h"
-#define CUDA_BUILT 1
-#else
-#define CUDA_BUILT 0
-#endif
+#include "gpu_api.h"
 #include "resnet.h"
 #include "safetensors.h"
 
@@ -147,7 +142,7 @@ int main(int argc, char **argv)
             break;
         case O_BATCH: status = cli_int("--batch", optarg, 1, 1 << 20, &batch_size); break;
         case O_THREADS: status = cli_int("--threads", optarg, 1, 4096, &threads); break;
-        case O_DEVICE: status = cli_device(optarg, CUDA_BUILT, &device, &device_given); break;
+        case O_DEVICE: status = cli_device(optarg, &device, &device_given); break;
         case O_PRECISION:
             if (strcmp(optarg, "bf16") && strcmp(optarg, "f32"))
                 return cli_usage_error("--precision %s: expected bf16 or f32", optarg);
@@ -253,29 +248,26 @@ int main(int argc, char **argv)
     uint16_t *half = malloc(sizeof(uint16_t) * dim);
     int rc = half ? MOCO_OK : moco_fail(&err, "out of memory");
     float *features = NULL; /* the GPU's, brought back: (batch, dim) */
-#ifdef MOCO_HAVE_CUDA
+    const gpu_api *gpu = NULL; /* --device cuda: the backend, loaded */
     gpu_extractor *gx = NULL;
+    (void)device_given; /* one process: cuda is cuda:0 */
     if (!rc && device >= 0) {
         if (!(features = malloc(sizeof(float) * batch_size * dim)))
             rc = moco_fail(&err, "out of memory");
-        else if (!(gx = gpu_extractor_create(device, bf16 ? GPU_BF16 : GPU_F32, net, (int)batch_size, size, channels,
+        else if (!(gpu = gpu_api_load(&err)) ||
+                 !(gx = gpu->extractor_create(device, bf16 ? GPU_BF16 : GPU_F32, net, (int)batch_size, size, channels,
                                               mean, std, &err)))
             rc = MOCO_ERR;
         else if (!quiet)
-            fprintf(stderr, "moco-extract: cuda:%d: %s\n", device, gpu_extractor_describe(gx));
+            fprintf(stderr, "moco-extract: cuda:%d: %s\n", device, gpu->extractor_describe(gx));
     }
-#else
-    (void)bf16, (void)device_given;
-#endif
     progress *bar = progress_start("moco-extract", samples > 0 ? samples * epochs : -1, quiet);
     int64_t done = 0;
     batch b;
     while (!rc && (rc = batcher_next(feed, &b, NULL, &err)) == 1) {
-#ifdef MOCO_HAVE_CUDA
         if (gx)
-            rc = gpu_extractor_run(gx, b.raw[view], b.n, features, &err);
+            rc = gpu->extractor_run(gx, b.raw[view], b.n, features, &err);
         else
-#endif
             rc = resnet_forward(net, b.views[view], b.n, size, size, 0, 1, &err);
         for (int i = 0; !rc && i < b.n; i++) {
             const float *f = (features ? features : net->pooled) + (size_t)i * dim;
@@ -302,9 +294,8 @@ int main(int argc, char **argv)
     batcher_close(feed);
     free(half);
     free(features);
-#ifdef MOCO_HAVE_CUDA
-    gpu_extractor_destroy(gx);
-#endif
+    if (gx)
+        gpu->extractor_destroy(gx);
     resnet_destroy(net);
     backend_destroy(be);
     if (rc == MOCO_EPIPE) {

@@ -19,16 +19,11 @@
 #include "checkpoint.h"
 #include "cli.h"
 #include "dist.h"
+#include "gpu_api.h"
 #include "metrics.h"
 #include "moco.h"
 #include "optim.h"
 #include "progress.h"
-#ifdef MOCO_HAVE_CUDA
-#include "gpu.h"
-#define CUDA_BUILT 1
-#else
-#define CUDA_BUILT 0
-#endif
 
 static const char usage[] =
     "Usage: moco-pretrain [OPTION]... --out DIR [STREAM]...\n"
@@ -230,15 +225,9 @@ static int same_state(dist *d, const moco *m, int64_t step, moco_error *err)
 }
 
 /* With --device cuda the state lives on the GPU: bring it into the host mirror before a save. */
-static int to_host(void *trainer, moco *m, sgd *opt, moco_error *err)
+static int to_host(const gpu_api *gpu, gpu_trainer *trainer, moco *m, sgd *opt, moco_error *err)
 {
-#ifdef MOCO_HAVE_CUDA
-    if (trainer)
-        return gpu_trainer_download((gpu_trainer *)trainer, m, opt, err);
-#else
-    (void)trainer, (void)m, (void)opt, (void)err;
-#endif
-    return MOCO_OK;
+    return trainer ? gpu->trainer_download(trainer, m, opt, err) : MOCO_OK;
 }
 
 /* Everything after the options: the input, the model, the loop. Returns the exit status. */
@@ -252,7 +241,8 @@ static int pretrain(settings *s, dist *d, int argc, char **argv, const char *in_
     sgd opt = {0};
     metrics_log *log = NULL;
     batcher *feed = NULL;
-    void *trainer = NULL; /* --device cuda: a gpu_trainer, where the step runs; m is its host mirror */
+    const gpu_api *gpu = NULL; /* --device cuda: the backend, loaded */
+    gpu_trainer *trainer = NULL; /* and where the step runs; m is its host mirror */
     int64_t step = 0, consumed = 0, samples = 0, first_epoch = 0, steps_per_epoch = 0, total_steps = 0;
     int size = 0, channels = 0, shared = 1, failed = 1;
     const char *name = strcmp(in_path, "-") ? in_path : "standard input";
@@ -301,17 +291,16 @@ static int pretrain(settings *s, dist *d, int argc, char **argv, const char *in_
     /* the model: fresh, or as a checkpoint left it */
     if (!(be = backend_create((int)s->threads, &err)) || !(m = start_model(s, be, &opt, &step, &consumed, &err)))
         goto setup_done;
-#ifdef MOCO_HAVE_CUDA
     if (s->device >= 0) {
         if (!s->device_given)
             s->device = dist_local_rank(d); /* one GPU per rank on each machine */
-        if (!(trainer = gpu_trainer_create(s->device, s->bf16 ? GPU_BF16 : GPU_F32, m, &opt, (int)s->batch, size, channels,
-                                           s->mean, s->std, &err)))
+        if (!(gpu = gpu_api_load(&err)) ||
+            !(trainer = gpu->trainer_create(s->device, s->bf16 ? GPU_BF16 : GPU_F32, m, &opt, (int)s->batch, size,
+                                            channels, s->mean, s->std, &err)))
             goto setup_done;
         if (!s->quiet)
-            fprintf(stderr, "moco-pretrain: cuda:%d: %s\n", s->device, gpu_trainer_describe((gpu_trainer *)trainer));
+            fprintf(stderr, "moco-pretrain: cuda:%d: %s\n", s->device, gpu->trainer_describe(trainer));
     }
-#endif
     if (rank == 0 && mkdir(s->out, 0777) && errno != EEXIST) {
         moco_fail(&err, "%s: %s", s->out, strerror(errno));
         goto setup_done;
@@ -367,14 +356,12 @@ setup_done:
         }
     if (same_state(d, m, step, &err))
         goto fail_reported;
-#ifdef MOCO_HAVE_CUDA
     if (trainer && ranks > 1) { /* the GPUs' communicator: rank 0's NCCL id, sent over MPI */
         unsigned char id[GPU_RANKS_ID_BYTES] = {0};
-        if ((rank == 0 && gpu_ranks_id(id, &err)) || dist_broadcast(d, id, sizeof id, 0, "NCCL id", &err) ||
-            gpu_trainer_join((gpu_trainer *)trainer, id, rank, ranks, s->rank_timeout, &err))
+        if ((rank == 0 && gpu->ranks_id(id, &err)) || dist_broadcast(d, id, sizeof id, 0, "NCCL id", &err) ||
+            gpu->trainer_join(trainer, id, rank, ranks, s->rank_timeout, &err))
             goto fail_reported;
     }
-#endif
     total_steps = steps_per_epoch * s->epochs;
     if (s->max_steps >= 0 && s->max_steps < total_steps)
         total_steps = s->max_steps; /* 0: just the initial checkpoint, a random-init baseline */
@@ -427,17 +414,14 @@ setup_done:
         moco_permutation((int)global_batch, (uint64_t)s->seed, step, perm);
         moco_result r;
         double figures[3];
-#ifdef MOCO_HAVE_CUDA
-        if (trainer) { /* the MoCo and SGD steps on the GPU, one process */
-            if (gpu_trainer_step((gpu_trainer *)trainer, b.raw[0], b.raw[1], b.n, perm, lr, &r, &err)) {
+        if (trainer) { /* the MoCo and SGD steps on the GPU (summed over the ranks' GPUs) */
+            if (gpu->trainer_step(trainer, b.raw[0], b.raw[1], b.n, perm, lr, &r, &err)) {
                 rc = moco_prefix(&err, "step %lld", (long long)step);
                 break;
             }
             batcher_release(feed);
             figures[0] = r.loss, figures[1] = r.top1, figures[2] = r.top5;
-        } else
-#endif
-        {
+        } else {
             if (moco_step(m, b.views[0], b.views[1], b.n, size, size, perm, &peers, &r, &err)) {
                 rc = moco_prefix(&err, "step %lld", (long long)step);
                 break;
@@ -494,7 +478,7 @@ setup_done:
             int epoch_end = step % steps_per_epoch == 0;
             int due = epoch_end && s->save_every && done % s->save_every == 0;
             if (due || step == total_steps) {
-                if ((rc = to_host(trainer, m, &opt, &err)) || (rc = same_state(d, m, step, &err)))
+                if ((rc = to_host(gpu, trainer, m, &opt, &err)) || (rc = same_state(d, m, step, &err)))
                     break;
                 int save_failed = rank == 0 && save(s, header, step, consumed, m, &opt, epoch_end ? done : 0, &err);
                 if (save_failed)
@@ -512,7 +496,7 @@ setup_done:
     if (!rc && !exit_code && start_step == total_steps && rank == 0) /* nothing to train (--max-steps 0): the state as it is */
         rc = save(s, header, step, consumed, m, &opt, 0, &err);
     if (!rc && !exit_code && stop) { /* SIGINT / SIGTERM: keep what was done, resumable from here */
-        if (rank == 0 && !(rc = to_host(trainer, m, &opt, &err)) && !(rc = save(s, header, step, consumed, m, &opt, 0, &err)))
+        if (rank == 0 && !(rc = to_host(gpu, trainer, m, &opt, &err)) && !(rc = save(s, header, step, consumed, m, &opt, 0, &err)))
             cli_warn("stopped by signal %d at step %lld; %s/last.tsz resumes from there", stop, (long long)step, s->out);
         if (!rc)
             exit_code = 128 + stop;
@@ -526,9 +510,8 @@ setup_done:
         metrics_close(log, rc ? NULL : &err);
     free(perm);
     stream_header_free(header);
-#ifdef MOCO_HAVE_CUDA
-    gpu_trainer_destroy((gpu_trainer *)trainer);
-#endif
+    if (trainer)
+        gpu->trainer_destroy(trainer);
     sgd_free(&opt);
     moco_destroy(m);
     backend_destroy(be);
@@ -542,9 +525,8 @@ fail:
     if (in)
         stream_reader_close(in);
     batcher_close(feed);
-#ifdef MOCO_HAVE_CUDA
-    gpu_trainer_destroy((gpu_trainer *)trainer);
-#endif
+    if (trainer)
+        gpu->trainer_destroy(trainer);
     if (log)
         metrics_close(log, NULL);
     sgd_free(&opt);
@@ -642,7 +624,7 @@ int main(int argc, char **argv)
         case O_LOG_EVERY: status = cli_int("--log-every", optarg, 1, 1000000, &s.log_every); break;
         case O_SEED: status = cli_int("--seed", optarg, 0, INT64_MAX, &s.seed); break;
         case O_THREADS: status = cli_int("--threads", optarg, 1, 4096, &s.threads); break;
-        case O_DEVICE: status = cli_device(optarg, CUDA_BUILT, &s.device, &s.device_given); break;
+        case O_DEVICE: status = cli_device(optarg, &s.device, &s.device_given); break;
         case O_PRECISION:
             if (strcmp(optarg, "bf16") && strcmp(optarg, "f32"))
                 return cli_usage_error("--precision %s: expected bf16 or f32", optarg);

@@ -8,7 +8,7 @@
  * them (here u8 NHWC -> f32 NHWC, as moco-pretrain does), runs the MoCo step and an SGD step
  * (lr 0.03, momentum 0.9, weight decay 1e-4). Prints one JSON line: pairs_per_s (batch over the
  * median step time), step_ms, loss, and peak_rss_mib (the process's maximum resident size).
- * --device cuda (builds with the CUDA backend): the same step through gpu_trainer, as moco-pretrain
+ * --device cuda (builds with the CUDA backend): the same step through its trainer, as moco-pretrain
  * --device cuda runs it (u8 views uploaded and normalised on the GPU, the step, SGD, the loss read
  * back), with peak_gpu_gib, the device memory it allocated at most. */
 #include <math.h>
@@ -22,9 +22,7 @@
 #include "moco.h"
 #include "optim.h"
 #include "rng.h"
-#ifdef MOCO_HAVE_CUDA
-#include "gpu.h"
-#endif
+#include "gpu_api.h"
 
 static double now(void)
 {
@@ -128,10 +126,12 @@ int main(int argc, char **argv)
     for (size_t i = 0; i < BATCHES * 2 * batch * view; i++)
         raw[i] = (uint8_t)rng_u32(&r);
     moco_result res = {0};
-#ifdef MOCO_HAVE_CUDA
     if (cuda) {
         static const double mean[3] = {0.485, 0.456, 0.406}, std[3] = {0.229, 0.224, 0.225};
-        gpu_trainer *t = gpu_trainer_create(0, bf16 ? GPU_BF16 : GPU_F32, net, &opt, (int)batch, (int)size, (int)in_c, mean,
+        const gpu_api *gpu = gpu_api_load(&err);
+        if (!gpu)
+            return cli_error("%s", err.msg);
+        gpu_trainer *t = gpu->trainer_create(0, bf16 ? GPU_BF16 : GPU_F32, net, &opt, (int)batch, (int)size, (int)in_c, mean,
                                             std, &err);
         if (!t)
             return cli_error("%s", err.msg);
@@ -139,7 +139,7 @@ int main(int argc, char **argv)
             double t0 = now();
             const uint8_t *pair = raw + (s % BATCHES) * 2 * batch * view;
             moco_permutation((int)batch, 0, s, perm);
-            if (gpu_trainer_step(t, pair, pair + batch * view, (int)batch, perm, 0.03, &res, &err))
+            if (gpu->trainer_step(t, pair, pair + batch * view, (int)batch, perm, 0.03, &res, &err))
                 return cli_error("step %lld: %s", (long long)s, err.msg);
             if (s >= warmup)
                 times[s - warmup] = now() - t0;
@@ -149,21 +149,16 @@ int main(int argc, char **argv)
         printf("{\"impl\":\"libcommon-cuda\",\"device\":\"%s\",\"arch\":\"%s\",\"cifar_stem\":%s,\"width\":%lld,"
                "\"in_channels\":%lld,\"size\":%lld,\"batch\":%lld,\"K\":%lld,\"bn_groups\":%lld,\"precision\":\"%s\","
                "\"step_ms\":%.2f,\"pairs_per_s\":%.1f,\"loss\":%.4f,\"peak_gpu_gib\":%.2f}\n",
-               gpu_trainer_describe(t), arch, cifar ? "true" : "false", (long long)width, (long long)in_c, (long long)size,
+               gpu->trainer_describe(t), arch, cifar ? "true" : "false", (long long)width, (long long)in_c, (long long)size,
                (long long)batch, (long long)K, (long long)groups, bf16 ? "bf16" : "f32", med * 1e3, batch / med, res.loss,
-               gpu_trainer_peak_bytes(t) / (double)(1 << 30));
-        gpu_trainer_destroy(t);
+               gpu->trainer_peak_bytes(t) / (double)(1 << 30));
+        gpu->trainer_destroy(t);
         free(raw), free(im_q), free(im_k), free(perm), free(times);
         sgd_free(&opt);
         moco_destroy(net);
         backend_destroy(b);
         return 0;
     }
-#else
-    if (cuda)
-        return cli_usage_error("--device cuda: this build has the CPU backend only");
-    (void)bf16;
-#endif
     for (int64_t s = 0; s < warmup + steps; s++) {
         double t0 = now();
         const uint8_t *pair = raw + (s % BATCHES) * 2 * batch * view;
