@@ -104,3 +104,9 @@ expect precision_is_bf16_or_f32 2 'expected bf16 or f32' -- "$P -q $MODEL --prec
 expect resume_from_nothing 1 'missing' -- "$P -q $MODEL --out $T/x --resume $T/missing.tsz $T/pairs.tsz"
 expect max_steps_0_saves_the_initialisation 0 '' -- "$P -q $MODEL --max-steps 0 --out $T/init $T/pairs.tsz && $I --header $T/init/last.tsz | grep -q '\"step\": 0'"
 expect help 0 '' -- "$P --help | grep -q 'moco-pretrain'"
+
+# tests/helpers/stream_compare (what the GPU checks compare checkpoints with): equal runs agree,
+# different epochs do not, a checkpoint and a view stream cannot be compared
+expect compare_equal_runs 0 'worst relative error 0 ' -- "$HELPERS/stream_compare $T/a/last.tsz $T/a2/last.tsz 0 >&2"
+expect compare_different_epochs 1 'relative error' -- "$HELPERS/stream_compare $T/a/ckpt-0001.tsz $T/a/ckpt-0003.tsz 1e-6 >&2"
+expect compare_different_streams 2 'differs in name' -- "$HELPERS/stream_compare $T/a/last.tsz $T/pairs.tsz 0"
