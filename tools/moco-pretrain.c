@@ -373,7 +373,6 @@ setup_done:
     signal(SIGTERM, on_signal);
 
     moco_peers peers = dist_peers(d);
-
     int64_t global_batch = s->batch * ranks;
     int64_t *perm = malloc(sizeof(int64_t) * global_batch);
     stream_header *header = run_header(argc, argv, s, steps_per_epoch, size, ranks);
@@ -383,8 +382,9 @@ setup_done:
     double loss_epoch = 0, acc_epoch = 0;
     int64_t steps_epoch = 0, start_step = step, log_steps = 0;
     double loss_log = 0, acc1_log = 0, acc5_log = 0;
-    int rc = MOCO_OK, exit_code = 0, stop = 0;
-    while (step < total_steps) {
+    int rc = perm ? MOCO_OK : moco_fail(&err, "out of memory for a permutation of %lld pairs", (long long)global_batch);
+    int exit_code = 0, stop = 0;
+    while (!rc && step < total_steps) {
         batch b;
         double waited = 0;
         int got = batcher_next(feed, &b, &waited, &err);
