@@ -11,6 +11,8 @@ extern "C" __attribute__((visibility("default"))) const gpu_api *moco_cuda_api(v
         gpu_trainer_join,
         gpu_trainer_step,
         gpu_trainer_download,
+        gpu_trainer_host_alloc,
+        gpu_trainer_host_free,
         gpu_trainer_describe,
         gpu_trainer_peak_bytes,
         gpu_trainer_destroy,

@@ -248,11 +248,16 @@ int gpu_trainer_join(gpu_trainer *t, const unsigned char id[GPU_RANKS_ID_BYTES],
 void gpu_trainer_destroy(gpu_trainer *t);
 const char *gpu_trainer_describe(const gpu_trainer *t);
 /* One step on n pairs of u8 views (n,S,S,C) each, with the step's permutation (of all ranks' pairs)
- * and learning rate; result: the sums over all ranks (loss summed: divide by the ranks). */
+ * and learning rate; result: the sums over all ranks (loss summed: divide by the ranks). Views in
+ * page-locked memory go straight to the device; others through the trainer's staging buffer. */
 int gpu_trainer_step(gpu_trainer *t, const uint8_t *host_q, const uint8_t *host_k, int n, const int64_t *host_perm,
                      double lr, moco_result *result, moco_error *err);
 /* The device state into the host moco and optimiser (for a checkpoint). */
 int gpu_trainer_download(gpu_trainer *t, moco *host, sgd *opt, moco_error *err);
+/* Page-locked host memory (NULL when refused): views there are copied without staging. Free it
+ * before destroying the trainer. */
+void *gpu_trainer_host_alloc(void *trainer, size_t bytes);
+void gpu_trainer_host_free(void *trainer, void *p);
 /* Peak device memory of the run so far, in bytes (gpu_peak_bytes). */
 size_t gpu_trainer_peak_bytes(const gpu_trainer *t);
 

@@ -73,6 +73,25 @@ int gpu_trainer_join(gpu_trainer *t, const unsigned char id[GPU_RANKS_ID_BYTES],
 }
 
 const char *gpu_trainer_describe(const gpu_trainer *t) { return gpu_describe(t->g); }
+
+void *gpu_trainer_host_alloc(void *trainer, size_t bytes)
+{
+    moco_error err;
+    return gpu_host_alloc(((gpu_trainer *)trainer)->g, bytes, &err);
+}
+
+void gpu_trainer_host_free(void *trainer, void *p) { gpu_host_free(((gpu_trainer *)trainer)->g, p); }
+
+/* Page-locked (cudaMallocHost) memory, which an asynchronous copy reads directly. */
+static bool is_pinned(const void *p)
+{
+    cudaPointerAttributes a;
+    if (cudaPointerGetAttributes(&a, p) != cudaSuccess) {
+        cudaGetLastError(); /* an unknown pointer is not an error to keep */
+        return false;
+    }
+    return a.type == cudaMemoryTypeHost;
+}
 size_t gpu_trainer_peak_bytes(const gpu_trainer *t) { return gpu_peak_bytes(t->g); }
 
 int gpu_trainer_step(gpu_trainer *t, const uint8_t *host_q, const uint8_t *host_k, int n, const int64_t *host_perm,
@@ -82,10 +101,17 @@ int gpu_trainer_step(gpu_trainer *t, const uint8_t *host_q, const uint8_t *host_
     if (n > t->batch)
         return moco_fail(err, "a batch of %d pairs, more than the %d planned", n, t->batch);
     size_t bytes = (size_t)n * t->view;
-    memcpy(t->staging, host_q, bytes);
-    memcpy(t->staging + bytes, host_k, bytes);
+    if (is_pinned(host_q) && is_pinned(host_k)) { /* the batcher's own page-locked batches */
+        CUDA_CHECK(cudaMemcpyAsync(t->raw, host_q, bytes, cudaMemcpyHostToDevice, g->stream), err, "uploading the views");
+        CUDA_CHECK(cudaMemcpyAsync(t->raw + bytes, host_k, bytes, cudaMemcpyHostToDevice, g->stream), err,
+                   "uploading the views");
+    } else {
+        memcpy(t->staging, host_q, bytes);
+        memcpy(t->staging + bytes, host_k, bytes);
+        CUDA_CHECK(cudaMemcpyAsync(t->raw, t->staging, 2 * bytes, cudaMemcpyHostToDevice, g->stream), err,
+                   "uploading the views");
+    }
     float lr_f = (float)lr;
-    CUDA_CHECK(cudaMemcpyAsync(t->raw, t->staging, 2 * bytes, cudaMemcpyHostToDevice, g->stream), err, "uploading the views");
     CUDA_CHECK(cudaMemcpyAsync(t->lr, &lr_f, sizeof lr_f, cudaMemcpyHostToDevice, g->stream), err, "uploading the rate");
     gpu_resnet *q = gpu_moco_query(t->m);
     char *im_k = (char *)t->images + bytes * gpu_act_size(g);

@@ -165,7 +165,8 @@ batcher *batcher_open(stream_reader *in, const char *name, const batcher_options
     int ok = 1;
     for (int s = 0; s < SLOTS; s++) {
         for (int v = 0; v < opt->views; v++)
-            ok = ok && (opt->raw ? (b->slots[s].raw[v] = malloc((size_t)opt->batch * view)) != NULL
+            ok = ok && (opt->raw ? (b->slots[s].raw[v] = opt->raw_alloc ? opt->raw_alloc(opt->raw_ctx, (size_t)opt->batch * view)
+                                                                        : malloc((size_t)opt->batch * view)) != NULL
                                  : (b->slots[s].views[v] = malloc(sizeof(float) * opt->batch * view)) != NULL);
         ok = ok && (b->slots[s].labels = malloc(sizeof(int64_t) * opt->batch));
         ok = ok && (b->slots[s].sample_ids = malloc(sizeof(int64_t) * opt->batch));
@@ -265,7 +266,12 @@ void batcher_close(batcher *b)
     }
     for (int s = 0; s < SLOTS; s++) {
         for (int v = 0; v < BATCHER_MAX_VIEWS; v++)
-            free(b->slots[s].views[v]), free(b->slots[s].raw[v]);
+            free(b->slots[s].views[v]);
+        for (int v = 0; v < BATCHER_MAX_VIEWS; v++)
+            if (b->slots[s].raw[v] && b->opt.raw_free)
+                b->opt.raw_free(b->opt.raw_ctx, b->slots[s].raw[v]);
+            else
+                free(b->slots[s].raw[v]);
         free(b->slots[s].labels);
         free(b->slots[s].sample_ids);
     }

@@ -28,6 +28,11 @@ typedef struct {
     int keep_last;       /* deliver a final partial batch (extraction); training drops it */
     int strict;          /* a damaged record stops the stream instead of being skipped */
     int raw;             /* keep the views as u8 in batch.raw (a GPU normalises them itself) */
+    /* with raw: where those batches live (page-locked memory, which a GPU copies from directly);
+     * NULL: malloc and free */
+    void *(*raw_alloc)(void *ctx, size_t bytes);
+    void (*raw_free)(void *ctx, void *p);
+    void *raw_ctx;
     /* when not NULL and set (by a signal handler), a waiting batcher_next returns BATCHER_INTERRUPTED */
     const volatile sig_atomic_t *interrupt;
 } batcher_options;

@@ -16,7 +16,7 @@
 #include "resnet.h"
 
 typedef enum { GPU_F32 = 0, GPU_BF16 = 1 } gpu_precision;
-enum { GPU_RANKS_ID_BYTES = 128, GPU_API_VERSION = 1 };
+enum { GPU_RANKS_ID_BYTES = 128, GPU_API_VERSION = 2 };
 
 typedef struct gpu_trainer gpu_trainer;
 typedef struct gpu_extractor gpu_extractor;
@@ -31,6 +31,10 @@ typedef struct {
     int (*trainer_step)(gpu_trainer *t, const uint8_t *host_q, const uint8_t *host_k, int n, const int64_t *host_perm,
                         double lr, moco_result *result, moco_error *err);
     int (*trainer_download)(gpu_trainer *t, moco *host, sgd *opt, moco_error *err);
+    /* page-locked host memory for the batches (batcher.h's raw_alloc/raw_free with ctx = the
+     * trainer): the step then copies from it directly, without staging */
+    void *(*trainer_host_alloc)(void *trainer, size_t bytes);
+    void (*trainer_host_free)(void *trainer, void *p);
     const char *(*trainer_describe)(const gpu_trainer *t);
     size_t (*trainer_peak_bytes)(const gpu_trainer *t);
     void (*trainer_destroy)(gpu_trainer *t);

@@ -321,6 +321,8 @@ static int pretrain(settings *s, dist *d, int argc, char **argv, const char *in_
     batcher_options bo = {.batch = (int)s->batch, .views = 2, .size = size, .channels = channels, .skip = skip,
                           .share = shared ? rank : 0, .shares = shared ? ranks : 1, .raw = s->device >= 0,
                           .interrupt = &stop_signal};
+    if (trainer) /* the GPU copies the batches straight from page-locked memory */
+        bo.raw_alloc = gpu->trainer_host_alloc, bo.raw_free = gpu->trainer_host_free, bo.raw_ctx = trainer;
     memcpy(bo.mean, s->mean, sizeof bo.mean);
     memcpy(bo.std, s->std, sizeof bo.std);
     feed = batcher_open(in, name, &bo, &err); /* owns `in` from here, even when it fails */

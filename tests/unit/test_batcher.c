@@ -95,6 +95,32 @@ TEST(test_batcher_shares_batches_among_ranks_after_the_skip)
     CHECK(n == 6 && !memcmp(ids, want, sizeof want));
 }
 
+/* raw batches in the caller's memory (a GPU's page-locked buffers): every one allocated is freed */
+static int live, made;
+static void *counting_alloc(void *ctx, size_t bytes)
+{
+    (*(int *)ctx)++;
+    live++, made++;
+    return malloc(bytes);
+}
+static void counting_free(void *ctx, void *p)
+{
+    (void)ctx;
+    live--;
+    free(p);
+}
+
+TEST(test_batcher_raw_batches_in_the_callers_memory)
+{
+    int calls = 0;
+    batcher_options o = {.batch = 4, .views = 2, .size = S, .channels = C, .raw = 1, .raw_alloc = counting_alloc,
+                         .raw_free = counting_free, .raw_ctx = &calls};
+    int ids[64];
+    int n = batches(path, o, ids, 64, 1);
+    CHECK(n == 15 && ids[0] == 0 && ids[13] == 11);
+    CHECK(made == 3 * 2 && calls == made && live == 0); /* three slots of two views, all given back */
+}
+
 TEST(test_batcher_refuses_a_share_out_of_range)
 {
     moco_error err;
@@ -114,6 +140,7 @@ int main(void)
     RUN(test_batcher_normalises_views);
     RUN(test_batcher_raw_keeps_the_bytes);
     RUN(test_batcher_shares_batches_among_ranks_after_the_skip);
+    RUN(test_batcher_raw_batches_in_the_callers_memory);
     RUN(test_batcher_refuses_a_share_out_of_range);
     unlink(path);
     TEST_EXIT();
