@@ -8,6 +8,8 @@ extern "C" __attribute__((visibility("default"))) const gpu_api *moco_cuda_api(v
     static const gpu_api api = {
         GPU_API_VERSION,
         gpu_trainer_create,
+        gpu_trainer_use_graph,
+        gpu_trainer_graph_failed,
         gpu_trainer_join,
         gpu_trainer_step,
         gpu_trainer_download,

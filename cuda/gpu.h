@@ -188,6 +188,9 @@ const float *gpu_resnet_pooled(const gpu_resnet *net);
  * trainable, and num_batches_tracked). Synchronous. */
 int gpu_resnet_upload(gpu_resnet *net, const resnet *host, moco_error *err);
 int gpu_resnet_download(gpu_resnet *net, resnet *host, moco_error *err);
+/* Training forwards replayed from a captured graph, which the host did not see: added to
+ * num_batches_tracked. */
+void gpu_resnet_count_forwards(gpu_resnet *net, int64_t count);
 /* As resnet_forward and resnet_backward (resnet.h). */
 int gpu_resnet_forward(gpu_resnet *net, const void *x, int n, int h, int w, int train, int bn_groups, moco_error *err);
 int gpu_resnet_backward(gpu_resnet *net, const float *d_output, moco_error *err);
@@ -232,6 +235,15 @@ int gpu_moco_download(gpu_moco *m, moco *host, moco_error *err);
  * step. The gradients are this rank's: averaging them is the caller's (gpu_ranks_mean). */
 int gpu_moco_step(gpu_moco *m, const void *im_q, const void *im_k, int n, int h, int w, const int64_t *host_perm,
                   gpu_ranks *ranks, float *result, moco_error *err);
+/* gpu_moco_step in two halves, for a step captured once and replayed (train.cu): stage uploads the
+ * step's row indices (host work and a copy, outside the graph); run queues the device work, which
+ * reads them from the same place every time. */
+int gpu_moco_stage(gpu_moco *m, int n, int h, int w, const int64_t *host_perm, gpu_ranks *ranks, moco_error *err);
+int gpu_moco_run(gpu_moco *m, const void *im_q, const void *im_k, int n, int h, int w, gpu_ranks *ranks, float *result,
+                 moco_error *err);
+/* Forwards the host did not see (a replayed step: 1) or saw for nothing (a failed capture: -1),
+ * for num_batches_tracked. */
+void gpu_moco_count_forwards(gpu_moco *m, int64_t count);
 const float *gpu_moco_logits(const gpu_moco *m);
 
 /* ---- a training run's device side (train.cu): what moco-pretrain --device cuda calls ----
@@ -241,6 +253,11 @@ const float *gpu_moco_logits(const gpu_moco *m);
 /* host and opt: the starting state (fresh or loaded from a checkpoint), uploaded now. */
 gpu_trainer *gpu_trainer_create(int device, gpu_precision precision, const moco *host, const sgd *opt, int batch,
                                 int size, int channels, const double mean[3], const double std[3], moco_error *err);
+/* From the second step on, each step's device work is one CUDA graph, captured once and replayed
+ * (on by default); a capture that fails leaves the trainer running without, and says so in
+ * gpu_trainer_describe. */
+void gpu_trainer_use_graph(gpu_trainer *t, int on);
+int gpu_trainer_graph_failed(const gpu_trainer *t);
 /* Make the trainer one of `ranks` data-parallel ranks (NCCL, id from rank 0 through MPI); its steps
  * then average the gradients and sum the figures over the ranks. */
 int gpu_trainer_join(gpu_trainer *t, const unsigned char id[GPU_RANKS_ID_BYTES], int rank, int ranks, double timeout,

@@ -18,6 +18,7 @@ struct gpu {
     cudnnHandle_t cudnn;
     cublasHandle_t cublas;
     void *workspace;           /* shared by every cuDNN call of this backend (one stream: one at a time) */
+    void *cublas_workspace;    /* cuBLAS's, set once: a captured graph must not make it allocate */
     size_t workspace_bytes;
     size_t allocated, peak;    /* bytes through gpu_alloc and the workspace */
     char description[192];

@@ -43,7 +43,7 @@ void gpu_moco_destroy(gpu_moco *m)
                     m->index};
     for (size_t i = 0; i < sizeof bufs / sizeof *bufs; i++)
         gpu_free(g, bufs[i]);
-    free(m->host_index);
+    gpu_host_free(g, m->host_index);
     free(m);
 }
 
@@ -117,8 +117,8 @@ static int reserve(gpu_moco *m, int n, int all, size_t view, moco_error *err)
     }
     if (all > m->capacity_all || n > m->capacity) {
         size_t count = (size_t)2 * n + all;
-        free(m->host_index);
-        if (!(m->host_index = (int64_t *)malloc(sizeof(int64_t) * count)) ||
+        gpu_host_free(g, m->host_index); /* page-locked: a captured copy may read it (train.cu) */
+        if (!(m->host_index = (int64_t *)gpu_host_alloc(g, sizeof(int64_t) * count, err)) ||
             regrow(g, (void **)&m->index, sizeof(int64_t) * count, err) ||
             regrow(g, (void **)&m->k_gathered, f * all * d, err) || regrow(g, (void **)&m->k_all, f * all * d, err))
             return moco_fail(err, "out of memory for a MoCo step of %d pairs on all ranks", all);
@@ -137,26 +137,23 @@ static int reserve(gpu_moco *m, int n, int all, size_t view, moco_error *err)
     return MOCO_OK;
 }
 
-int gpu_moco_step(gpu_moco *m, const void *im_q, const void *im_k, int n, int h, int w, const int64_t *host_perm,
-                  gpu_ranks *ranks, float *result, moco_error *err)
+/* The step's sizes checked and its buffers reserved. */
+static int step_shape(gpu_moco *m, int n, int h, int w, gpu_ranks *ranks, moco_error *err)
 {
-    gpu *g = m->g;
-    int G = m->cfg.bn_groups, Gq = m->cfg.query_bn_groups < 1 ? 1 : m->cfg.query_bn_groups, d = m->dim,
-        K = m->cfg.queue_size;
-    int R = ranks ? gpu_ranks_size(ranks) : 1, rank = ranks ? gpu_ranks_rank(ranks) : 0, all = R * n;
+    int G = m->cfg.bn_groups, Gq = m->cfg.query_bn_groups < 1 ? 1 : m->cfg.query_bn_groups;
+    int R = ranks ? gpu_ranks_size(ranks) : 1;
     if (n % G)
         return moco_fail(err, "a batch of %d pairs does not split into %d key BN groups", n, G);
     if (n % Gq)
         return moco_fail(err, "a batch of %d pairs does not split into %d query BN groups", n, Gq);
-    size_t view = (size_t)h * w * m->channels, view_bytes = view * gpu_act_size(g), key_bytes = sizeof(float) * d;
-    if (reserve(m, n, all, view, err))
+    return reserve(m, n, R * n, (size_t)h * w * m->channels, err);
+}
+
+int gpu_moco_stage(gpu_moco *m, int n, int h, int w, const int64_t *host_perm, gpu_ranks *ranks, moco_error *err)
+{
+    if (step_shape(m, n, h, w, ranks, err))
         return MOCO_ERR;
-    float tau = (float)m->cfg.temperature;
-    /* query */
-    if (gpu_resnet_forward(m->q, im_q, n, h, w, 1, Gq, err))
-        return moco_prefix(err, "query encoder");
-    if (gpu_l2norm_forward(g, gpu_resnet_output(m->q), n, d, m->q_norm, m->q_len, err))
-        return MOCO_ERR;
+    int G = m->cfg.bn_groups, R = ranks ? gpu_ranks_size(ranks) : 1, rank = ranks ? gpu_ranks_rank(ranks) : 0;
     /* the step's rows, as moco.c lays them out: this rank encodes the permuted positions j R + rank,
      * position j in slot (j mod G) n/G + j/G of its key batch */
     int64_t *slot_source = m->host_index, *local_order = slot_source + n, *unpermute = local_order + n;
@@ -169,10 +166,29 @@ int gpu_moco_step(gpu_moco *m, const void *im_q, const void *im_k, int n, int h,
     for (int r = 0; r < R; r++)
         for (int j = 0; j < n; j++)
             unpermute[(size_t)r * n + j] = host_perm[(size_t)j * R + r];
-    CUDA_CHECK(cudaMemcpyAsync(m->index, m->host_index, sizeof(int64_t) * (2 * (size_t)n + all), cudaMemcpyHostToDevice,
-                               g->stream),
+    CUDA_CHECK(cudaMemcpyAsync(m->index, m->host_index, sizeof(int64_t) * (2 * (size_t)n + R * n), cudaMemcpyHostToDevice,
+                               m->g->stream),
                err, "uploading the key permutation");
-    /* key: momentum update, then this rank's share of all ranks' images */
+    return MOCO_OK;
+}
+
+int gpu_moco_run(gpu_moco *m, const void *im_q, const void *im_k, int n, int h, int w, gpu_ranks *ranks, float *result,
+                 moco_error *err)
+{
+    gpu *g = m->g;
+    if (step_shape(m, n, h, w, ranks, err))
+        return MOCO_ERR;
+    int G = m->cfg.bn_groups, Gq = m->cfg.query_bn_groups < 1 ? 1 : m->cfg.query_bn_groups, d = m->dim,
+        K = m->cfg.queue_size;
+    int R = ranks ? gpu_ranks_size(ranks) : 1, rank = ranks ? gpu_ranks_rank(ranks) : 0, all = R * n;
+    size_t view = (size_t)h * w * m->channels, view_bytes = view * gpu_act_size(g), key_bytes = sizeof(float) * d;
+    float tau = (float)m->cfg.temperature;
+    /* query */
+    if (gpu_resnet_forward(m->q, im_q, n, h, w, 1, Gq, err))
+        return moco_prefix(err, "query encoder");
+    if (gpu_l2norm_forward(g, gpu_resnet_output(m->q), n, d, m->q_norm, m->q_len, err))
+        return MOCO_ERR;
+    /* key: momentum update, then this rank's share of all ranks' images (rows: gpu_moco_stage's) */
     if (gpu_momentum_update(g, gpu_resnet_param(m->k), gpu_resnet_param(m->q), m->param_count, m->cfg.key_momentum, err))
         return MOCO_ERR;
     const void *images = im_k;
@@ -215,4 +231,18 @@ int gpu_moco_step(gpu_moco *m, const void *im_q, const void *im_k, int n, int h,
         return moco_prefix(err, "query encoder backward");
     /* enqueue all ranks' keys (wrapping when K is not a multiple of the batch) */
     return gpu_enqueue(g, m->queue, K, d, m->k_all, all, m->queue_ptr, err);
+}
+
+int gpu_moco_step(gpu_moco *m, const void *im_q, const void *im_k, int n, int h, int w, const int64_t *host_perm,
+                  gpu_ranks *ranks, float *result, moco_error *err)
+{
+    if (gpu_moco_stage(m, n, h, w, host_perm, ranks, err))
+        return MOCO_ERR;
+    return gpu_moco_run(m, im_q, im_k, n, h, w, ranks, result, err);
+}
+
+void gpu_moco_count_forwards(gpu_moco *m, int64_t count)
+{
+    gpu_resnet_count_forwards(m->q, count);
+    gpu_resnet_count_forwards(m->k, count);
 }

@@ -196,6 +196,7 @@ gpu_resnet *gpu_resnet_create(gpu *g, const resnet *host, int trainable, moco_er
     return net;
 }
 
+void gpu_resnet_count_forwards(gpu_resnet *net, int64_t count) { net->num_batches_tracked += count; }
 float *gpu_resnet_param(gpu_resnet *net) { return net->param; }
 float *gpu_resnet_grad(gpu_resnet *net) { return net->grad; }
 float *gpu_resnet_buffer(gpu_resnet *net) { return net->buffer; }

@@ -1,8 +1,14 @@
 /* train.cu — the device side of the tools (see gpu.h): for moco-pretrain --device cuda, staging,
  * normalisation, the MoCo step and SGD on the GPU, with ranks (ranks.cu) the gradients averaged and
- * the figures summed before the SGD step; for moco-extract --device cuda, frozen features. */
+ * the figures summed before the SGD step; for moco-extract --device cuda, frozen features.
+ *
+ * A step's device work has fixed addresses once the first step has sized every buffer, chosen every
+ * algorithm and grown every workspace: so from the second step on it is captured once as a CUDA
+ * graph and replayed, a few hundred launches becoming one. What changes per step comes in by copies
+ * queued before the replay, outside the graph: the views, the rate, the permutation's rows. */
 #include "gpu_internal.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -18,6 +24,12 @@ struct gpu_trainer {
     uint8_t *raw;         /* device: the same bytes */
     void *images;         /* device activations: query views, then key views */
     float *momentum, *lr, *result;
+    float *host_lr;       /* page-locked: the rate of the next step */
+    int use_graph, graph_failed, graph_n;
+    int64_t steps;        /* steps run, the first one eagerly */
+    cudaGraphExec_t graph; /* the device work of a step of graph_n pairs, once captured */
+    char description[320];
+    moco_error graph_error; /* why the capture failed */
 };
 
 void gpu_trainer_destroy(gpu_trainer *t)
@@ -25,9 +37,12 @@ void gpu_trainer_destroy(gpu_trainer *t)
     if (!t)
         return;
     if (t->g) {
+        if (t->graph)
+            cudaGraphExecDestroy(t->graph);
         gpu_ranks_leave(t->ranks);
         gpu_moco_destroy(t->m);
         gpu_host_free(t->g, t->staging);
+        gpu_host_free(t->g, t->host_lr);
         void *bufs[] = {t->raw, t->images, t->momentum, t->lr, t->result};
         for (size_t i = 0; i < sizeof bufs / sizeof *bufs; i++)
             gpu_free(t->g, bufs[i]);
@@ -46,6 +61,7 @@ gpu_trainer *gpu_trainer_create(int device, gpu_precision precision, const moco 
     }
     t->batch = batch, t->size = size, t->param_count = host->q->param_count;
     t->momentum_factor = (float)opt->momentum, t->weight_decay = (float)opt->weight_decay;
+    t->use_graph = 1;
     t->view = (size_t)size * size * channels;
     for (int c = 0; c < 3; c++)
         t->mean[c] = (float)mean[c], t->std[c] = (float)std[c];
@@ -56,6 +72,7 @@ gpu_trainer *gpu_trainer_create(int device, gpu_precision precision, const moco 
              (t->images = gpu_alloc(t->g, raw_bytes * gpu_act_size(t->g), err)) &&
              (t->momentum = (float *)gpu_alloc(t->g, sizeof(float) * t->param_count, err)) &&
              (t->lr = (float *)gpu_alloc(t->g, sizeof(float), err)) && (t->result = (float *)gpu_alloc(t->g, 3 * sizeof(float), err)) &&
+             (t->host_lr = (float *)gpu_host_alloc(t->g, sizeof(float), err)) &&
              !gpu_upload(t->g, t->momentum, opt->buf, sizeof(float) * t->param_count, err);
     if (!ok) { /* gpu_create's message names the device */
         gpu_trainer_destroy(t);
@@ -72,7 +89,19 @@ int gpu_trainer_join(gpu_trainer *t, const unsigned char id[GPU_RANKS_ID_BYTES],
     return MOCO_OK;
 }
 
-const char *gpu_trainer_describe(const gpu_trainer *t) { return gpu_describe(t->g); }
+void gpu_trainer_use_graph(gpu_trainer *t, int on) { t->use_graph = on; }
+int gpu_trainer_graph_failed(const gpu_trainer *t) { return t->graph_failed; }
+
+const char *gpu_trainer_describe(const gpu_trainer *t)
+{
+    gpu_trainer *w = (gpu_trainer *)t; /* the text is rebuilt on each call */
+    snprintf(w->description, sizeof w->description, "%s, %s%s%s", gpu_describe(t->g),
+             t->graph_failed ? "CUDA graph capture failed, steps go op by op"
+             : t->use_graph  ? "each step one CUDA graph"
+                             : "CUDA graphs off",
+             t->graph_failed ? ": " : "", t->graph_failed ? t->graph_error.msg : "");
+    return w->description;
+}
 
 void *gpu_trainer_host_alloc(void *trainer, size_t bytes)
 {
@@ -94,12 +123,54 @@ static bool is_pinned(const void *p)
 }
 size_t gpu_trainer_peak_bytes(const gpu_trainer *t) { return gpu_peak_bytes(t->g); }
 
+/* A step's device work, from the uploaded views to the SGD step: what a graph captures. */
+static int device_work(gpu_trainer *t, int n, moco_error *err)
+{
+    gpu *g = t->g;
+    gpu_resnet *q = gpu_moco_query(t->m);
+    size_t bytes = (size_t)n * t->view;
+    char *im_k = (char *)t->images + bytes * gpu_act_size(g);
+    int channels = (int)(t->view / ((size_t)t->size * t->size));
+    if (gpu_normalise_u8(g, t->raw, 2 * (size_t)n * t->size * t->size, channels, t->mean, t->std, t->images, err) ||
+        gpu_moco_run(t->m, t->images, im_k, n, t->size, t->size, t->ranks, t->result, err))
+        return MOCO_ERR;
+    if (t->ranks && (gpu_ranks_mean(t->ranks, gpu_resnet_grad(q), t->param_count, err) ||
+                     gpu_ranks_sum(t->ranks, t->result, 3, err)))
+        return MOCO_ERR;
+    return gpu_sgd_step(g, gpu_resnet_param(q), gpu_resnet_grad(q), t->momentum, t->param_count, t->lr,
+                        t->momentum_factor, t->weight_decay, err);
+}
+
+/* Capture device_work as a graph; MOCO_ERR (and the capture abandoned, nothing run) when a call in
+ * it cannot be captured. */
+static int capture(gpu_trainer *t, int n, moco_error *err)
+{
+    gpu *g = t->g;
+    CUDA_CHECK(cudaStreamBeginCapture(g->stream, cudaStreamCaptureModeThreadLocal), err, "capturing a step");
+    int rc = device_work(t, n, err);
+    cudaGraph_t graph = NULL;
+    cudaError_t end = cudaStreamEndCapture(g->stream, &graph);
+    if (!rc && end != cudaSuccess)
+        rc = gpu_fail_cuda(err, end, "cudaStreamEndCapture", "capturing a step");
+    if (!rc) {
+        cudaError_t made = cudaGraphInstantiate(&t->graph, graph, 0);
+        if (made != cudaSuccess)
+            rc = gpu_fail_cuda(err, made, "cudaGraphInstantiate", "capturing a step");
+    }
+    if (graph)
+        cudaGraphDestroy(graph);
+    cudaGetLastError(); /* a failed capture leaves its error behind: it is reported through err */
+    t->graph_n = rc ? 0 : n;
+    return rc;
+}
+
 int gpu_trainer_step(gpu_trainer *t, const uint8_t *host_q, const uint8_t *host_k, int n, const int64_t *host_perm,
                      double lr, moco_result *result, moco_error *err)
 {
     gpu *g = t->g;
     if (n > t->batch)
         return moco_fail(err, "a batch of %d pairs, more than the %d planned", n, t->batch);
+    /* what changes per step, queued before the work (and outside any graph) */
     size_t bytes = (size_t)n * t->view;
     if (is_pinned(host_q) && is_pinned(host_k)) { /* the batcher's own page-locked batches */
         CUDA_CHECK(cudaMemcpyAsync(t->raw, host_q, bytes, cudaMemcpyHostToDevice, g->stream), err, "uploading the views");
@@ -111,20 +182,31 @@ int gpu_trainer_step(gpu_trainer *t, const uint8_t *host_q, const uint8_t *host_
         CUDA_CHECK(cudaMemcpyAsync(t->raw, t->staging, 2 * bytes, cudaMemcpyHostToDevice, g->stream), err,
                    "uploading the views");
     }
-    float lr_f = (float)lr;
-    CUDA_CHECK(cudaMemcpyAsync(t->lr, &lr_f, sizeof lr_f, cudaMemcpyHostToDevice, g->stream), err, "uploading the rate");
-    gpu_resnet *q = gpu_moco_query(t->m);
-    char *im_k = (char *)t->images + bytes * gpu_act_size(g);
-    int channels = (int)(t->view / ((size_t)t->size * t->size));
-    if (gpu_normalise_u8(g, t->raw, 2 * (size_t)n * t->size * t->size, channels, t->mean, t->std, t->images, err) ||
-        gpu_moco_step(t->m, t->images, im_k, n, t->size, t->size, host_perm, t->ranks, t->result, err))
+    *t->host_lr = (float)lr;
+    CUDA_CHECK(cudaMemcpyAsync(t->lr, t->host_lr, sizeof(float), cudaMemcpyHostToDevice, g->stream), err,
+               "uploading the rate");
+    if (gpu_moco_stage(t->m, n, t->size, t->size, host_perm, t->ranks, err))
         return MOCO_ERR;
-    if (t->ranks && (gpu_ranks_mean(t->ranks, gpu_resnet_grad(q), t->param_count, err) ||
-                     gpu_ranks_sum(t->ranks, t->result, 3, err)))
+    /* the device work: replayed, captured (second step), or queued op by op */
+    if (t->graph && t->graph_n != n) { /* another batch size (never in training): capture again */
+        cudaGraphExecDestroy(t->graph);
+        t->graph = NULL;
+    }
+    if (!t->graph && t->use_graph && !t->graph_failed && t->steps > 0) {
+        if (capture(t, n, &t->graph_error)) {
+            t->graph_failed = 1;
+            gpu_moco_count_forwards(t->m, -1); /* the captured forwards did not run */
+        } else {
+            gpu_moco_count_forwards(t->m, -1); /* counted at capture, counted again below */
+        }
+    }
+    if (t->graph && t->use_graph) {
+        CUDA_CHECK(cudaGraphLaunch(t->graph, g->stream), err, "replaying the step");
+        gpu_moco_count_forwards(t->m, 1);
+    } else if (device_work(t, n, err)) {
         return MOCO_ERR;
-    if (gpu_sgd_step(g, gpu_resnet_param(q), gpu_resnet_grad(q), t->momentum, t->param_count, t->lr, t->momentum_factor,
-                     t->weight_decay, err))
-        return MOCO_ERR;
+    }
+    t->steps++;
     if (t->ranks && gpu_ranks_wait(t->ranks, err)) /* with a deadline: a dead rank must not hang us */
         return MOCO_ERR;
     float figures[3];

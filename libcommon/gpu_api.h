@@ -16,7 +16,7 @@
 #include "resnet.h"
 
 typedef enum { GPU_F32 = 0, GPU_BF16 = 1 } gpu_precision;
-enum { GPU_RANKS_ID_BYTES = 128, GPU_API_VERSION = 2 };
+enum { GPU_RANKS_ID_BYTES = 128, GPU_API_VERSION = 3 };
 
 typedef struct gpu_trainer gpu_trainer;
 typedef struct gpu_extractor gpu_extractor;
@@ -26,6 +26,8 @@ typedef struct {
     /* moco-pretrain --device cuda */
     gpu_trainer *(*trainer_create)(int device, gpu_precision precision, const moco *host, const sgd *opt, int batch,
                                    int size, int channels, const double mean[3], const double std[3], moco_error *err);
+    void (*trainer_use_graph)(gpu_trainer *t, int on);
+    int (*trainer_graph_failed)(const gpu_trainer *t); /* 1 once a capture failed: steps go op by op */
     int (*trainer_join)(gpu_trainer *t, const unsigned char id[GPU_RANKS_ID_BYTES], int rank, int ranks,
                         double timeout, moco_error *err);
     int (*trainer_step)(gpu_trainer *t, const uint8_t *host_q, const uint8_t *host_k, int n, const int64_t *host_perm,

@@ -57,6 +57,7 @@ static const char usage[] =
     "  --threads N           compute threads (default: all cores)\n"
     "  --device cpu|cuda[:N] where the step runs (default cpu; cuda only in builds with the CUDA backend)\n"
     "  --precision bf16|f32  GPU activations (default bf16; f32 is the parity mode, TF32 off)\n"
+    "  --no-cuda-graph       queue each GPU step op by op instead of replaying one captured graph\n"
     "  --mean M,M,M --std S,S,S   normalisation (default: the stream header's)\n"
     "  -q, --quiet           no progress bar or per-epoch lines\n"
     "Several processes (started by mpirun or srun: data-parallel ranks, rank 0 saves and logs):\n"
@@ -88,6 +89,7 @@ typedef struct {
     double rank_timeout;
     int device;   /* -1: the CPU; else cuda:device */
     int device_given; /* cuda:N given; plain cuda takes the rank's place on its machine */
+    int no_graph;     /* --no-cuda-graph: queue each step op by op */
     int bf16;     /* GPU activations in bf16 */
 } settings;
 
@@ -298,6 +300,7 @@ static int pretrain(settings *s, dist *d, int argc, char **argv, const char *in_
             !(trainer = gpu->trainer_create(s->device, s->bf16 ? GPU_BF16 : GPU_F32, m, &opt, (int)s->batch, size,
                                             channels, s->mean, s->std, &err)))
             goto setup_done;
+        gpu->trainer_use_graph(trainer, !s->no_graph);
         if (!s->quiet)
             fprintf(stderr, "moco-pretrain: cuda:%d: %s\n", s->device, gpu->trainer_describe(trainer));
     }
@@ -448,6 +451,8 @@ setup_done:
         }
         if (!trainer) /* the GPU's step did its SGD step itself */
             sgd_step(&opt, m->q->param, m->q->grad, lr);
+        if (trainer && step == start_step + 1 && gpu->trainer_graph_failed(trainer)) /* the capture, at the second */
+            cli_warn("%s", gpu->trainer_describe(trainer));
         step++;
         consumed += global_batch;
         wait_log += waited, wait_epoch += waited;
@@ -543,7 +548,7 @@ int main(int argc, char **argv)
     enum { O_RECIPE = 256, O_ARCH, O_WIDTH, O_CIFAR, O_INC, O_DIM, O_MLP, O_NO_MLP, O_QUEUE, O_MKEY, O_TEMP,
            O_GROUPS, O_BATCH, O_LR, O_NO_LR_SCALE, O_WD, O_MOM, O_SCHED, O_MILESTONES, O_WARMUP, O_EPOCHS,
            O_MAX_STEPS, O_SAVE_EVERY, O_RESUME, O_LOG, O_LOG_EVERY, O_SEED, O_THREADS, O_DEVICE, O_MEAN, O_STD,
-           O_QGROUPS, O_RANK_TIMEOUT, O_PRECISION, O_HELP, O_VERSION };
+           O_QGROUPS, O_RANK_TIMEOUT, O_PRECISION, O_NO_GRAPH, O_HELP, O_VERSION };
     static const struct option options[] = {
         {"recipe", required_argument, 0, O_RECIPE}, {"arch", required_argument, 0, O_ARCH},
         {"width", required_argument, 0, O_WIDTH}, {"cifar-stem", no_argument, 0, O_CIFAR},
@@ -552,7 +557,7 @@ int main(int argc, char **argv)
         {"queue", required_argument, 0, O_QUEUE}, {"momentum-key", required_argument, 0, O_MKEY},
         {"temperature", required_argument, 0, O_TEMP}, {"bn-groups", required_argument, 0, O_GROUPS},
         {"query-bn-groups", required_argument, 0, O_QGROUPS}, {"rank-timeout", required_argument, 0, O_RANK_TIMEOUT},
-        {"precision", required_argument, 0, O_PRECISION},
+        {"precision", required_argument, 0, O_PRECISION}, {"no-cuda-graph", no_argument, 0, O_NO_GRAPH},
         {"batch", required_argument, 0, O_BATCH}, {"lr", required_argument, 0, O_LR},
         {"no-lr-scale", no_argument, 0, O_NO_LR_SCALE}, {"wd", required_argument, 0, O_WD},
         {"momentum", required_argument, 0, O_MOM}, {"schedule", required_argument, 0, O_SCHED},
@@ -627,6 +632,7 @@ int main(int argc, char **argv)
         case O_SEED: status = cli_int("--seed", optarg, 0, INT64_MAX, &s.seed); break;
         case O_THREADS: status = cli_int("--threads", optarg, 1, 4096, &s.threads); break;
         case O_DEVICE: status = cli_device(optarg, &s.device, &s.device_given); break;
+        case O_NO_GRAPH: s.no_graph = 1; break;
         case O_PRECISION:
             if (strcmp(optarg, "bf16") && strcmp(optarg, "f32"))
                 return cli_usage_error("--precision %s: expected bf16 or f32", optarg);

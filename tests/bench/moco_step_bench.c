@@ -4,6 +4,7 @@
  *   moco_step_bench [--arch resnet18] [--cifar-stem] [--width 64] [--in-channels 3] [--size 224]
  *                   [--batch 256] [--dim 128] [--K 65536] [--m 0.999] [--T 0.2] [--bn-groups 1]
  *                   [--warmup 5] [--steps 20] [--threads 0] [--device cpu|cuda] [--precision bf16|f32]
+ *                   [--no-cuda-graph]
  * As the peer does by default, each step takes random u8 view pairs already in memory, normalises
  * them (here u8 NHWC -> f32 NHWC, as moco-pretrain does), runs the MoCo step and an SGD step
  * (lr 0.03, momentum 0.9, weight decay 1e-4). Prints one JSON line: pairs_per_s (batch over the
@@ -54,12 +55,16 @@ int main(int argc, char **argv)
     int64_t width = 64, in_c = 3, size = 224, batch = 256, dim = 128, K = 65536, groups = 1, warmup = 5, steps = 20,
             threads = 0;
     double m = 0.999, T = 0.2;
-    int cuda = 0, bf16 = 1;
+    int cuda = 0, bf16 = 1, graph = 1;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         int bad = 0;
         if (!strcmp(a, "--cifar-stem")) {
             cifar = 1;
+            continue;
+        }
+        if (!strcmp(a, "--no-cuda-graph")) {
+            graph = 0;
             continue;
         }
         if (!v)
@@ -135,6 +140,7 @@ int main(int argc, char **argv)
                                             std, &err);
         if (!t)
             return cli_error("%s", err.msg);
+        gpu->trainer_use_graph(t, graph);
         for (int64_t s = 0; s < warmup + steps; s++) {
             double t0 = now();
             const uint8_t *pair = raw + (s % BATCHES) * 2 * batch * view;

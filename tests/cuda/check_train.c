@@ -2,7 +2,8 @@
  * views normalised on the GPU, the MoCo step, SGD with the optimiser's momentum and weight decay,
  * the download into the host mirror) against the CPU loop moco-pretrain runs: batcher.c's
  * normalisation, moco_step, sgd_step. Four steps of the tiny parity model with a schedule of rates;
- * then the host mirrors compared: both encoders, running statistics, queue and pointer, momentum.
+ * then the host mirrors compared: both encoders, running statistics, queue and pointer, momentum;
+ * once with every step queued op by op, once with the steps after the first replayed from a graph.
  * moco-extract --device cuda: the frozen features of u8 views. */
 #include "check.h"
 
@@ -14,7 +15,8 @@ enum { N = 8, S = 16, C = 3, VIEW = S * S * C, STEPS = 4 };
 static const resnet_config tiny = {.depth = 18, .width = 4, .in_channels = 3, .cifar_stem = 1,
                                    .head = RESNET_HEAD_MLP, .out_dim = 16};
 
-TEST(test_trainer_steps_match_the_cpu_loop)
+/* graph: the trainer's steps after the first replayed from one captured CUDA graph, or queued op by op */
+static void check_trainer(int graph)
 {
     moco_error err = {{0}};
     int bf16 = gpu_get_precision(g) == GPU_BF16;
@@ -30,6 +32,7 @@ TEST(test_trainer_steps_match_the_cpu_loop)
     /* the trainer is made on device 0 in this pass's precision, as moco-pretrain would */
     gpu_trainer *t = gpu_trainer_create(0, gpu_get_precision(g), cpu, &opt, N, S, C, mean, stdev, &err);
     CHECK_OK(t ? 0 : -1, &err);
+    gpu_trainer_use_graph(t, graph);
     uint8_t *u8 = malloc(2 * N * VIEW), *pinned = gpu_trainer_host_alloc(t, 2 * N * VIEW);
     float *im = malloc(sizeof(float) * 2 * N * VIEW);
     CHECK(u8 && im && pinned);
@@ -52,7 +55,8 @@ TEST(test_trainer_steps_match_the_cpu_loop)
         if (step % 2)
             views = memcpy(pinned, u8, 2 * N * VIEW);
         CHECK_OK(gpu_trainer_step(t, views, views + N * VIEW, N, perm, rates[step], &got, &err), &err);
-        printf("# trainer step %d loss: GPU %.6f, CPU %.6f; top1 %d/%d\n", step, got.loss, want.loss, got.top1, want.top1);
+        printf("# trainer step %d loss: GPU %.6f, CPU %.6f; top1 %d/%d (%s)\n", step, got.loss, want.loss, got.top1,
+               want.top1, gpu_trainer_describe(t));
         CHECK(fabs(got.loss - want.loss) <= tol * want.loss);
     }
     CHECK_OK(gpu_trainer_download(t, back, &opt_back, &err), &err);
@@ -70,12 +74,18 @@ TEST(test_trainer_steps_match_the_cpu_loop)
         printf("# trainer after %d steps, %s/%s: largest relative error %.2g\n", STEPS, parts[i].what, bf16 ? "bf16" : "f32", e);
         CHECK(e <= tol);
     }
+    if (graph) /* the capture must have worked: a failure would fall back silently in moco-pretrain */
+        CHECK(strstr(gpu_trainer_describe(t), "each step one CUDA graph") != NULL);
     free(u8), free(im);
     gpu_trainer_host_free(t, pinned);
     gpu_trainer_destroy(t);
     sgd_free(&opt), sgd_free(&opt_back);
     moco_destroy(cpu), moco_destroy(back);
 }
+
+TEST(test_trainer_steps_match_the_cpu_loop) { check_trainer(0); }
+
+TEST(test_trainer_graph_steps_match_the_cpu_loop) { check_trainer(1); }
 
 /* moco-extract --device cuda: features of u8 views through the GPU net in evaluation mode, against
  * the CPU's; a last batch smaller than the planned one too */
@@ -113,6 +123,7 @@ TEST(test_extractor_features_match_the_cpu)
 static void run_all(void)
 {
     RUN(test_trainer_steps_match_the_cpu_loop);
+    RUN(test_trainer_graph_steps_match_the_cpu_loop);
     RUN(test_extractor_features_match_the_cpu);
 }
 

@@ -11,7 +11,7 @@
 #    devices (a GPU checkpoint resumed on the CPU and a CPU one on the GPU, both against 6 CPU
 #    steps); moco-extract's features on the GPU against the CPU's (tests/helpers/stream_compare).
 # 3. the benchmark: ResNet-50, 224 px, batch 256, K 65536, the MoCo v2 step and SGD, ours
-#    (bf16, then float32) beside ../shared/peers/moco_torch.py --amp bf16 --channels-last, with
+#    (bf16 with and without CUDA graphs, then float32) beside ../shared/peers/moco_torch.py --amp bf16 --channels-last, with
 #    and without 8 key-BN groups, in the same call; pairs/s, peak GPU memory, and the share of the
 #    card's dense bf16 rate (989 TFLOP/s on H100/H200 SXM) the step reaches, counting 4 ResNet-50
 #    forwards per pair (query forward and backward = 3, key forward = 1) at 4.09 GMAC each.
@@ -112,6 +112,9 @@ if [ "${BENCH:-1}" != 0 ]; then
             --bn-groups $groups --warmup 5 --steps "$steps" >"$logs/peer-bf16-g$groups.json" 2>&1
         row "PyTorch peer, bf16 channels-last, $groups group(s)" "$logs/peer-bf16-g$groups.json"
     done
+    timeout 300 "$build/bench/moco_step_bench" --device cuda --precision bf16 $R50 --no-cuda-graph --warmup 5 \
+        --steps "$steps" >"$logs/ours-bf16-nograph.json" 2>&1
+    row "ours, bf16, 1 group, without CUDA graphs" "$logs/ours-bf16-nograph.json"
     timeout 300 "$build/bench/moco_step_bench" --device cuda --precision f32 $R50 --warmup 3 --steps "$steps" \
         >"$logs/ours-f32.json" 2>&1
     row "ours, float32 (TF32 off)" "$logs/ours-f32.json"
