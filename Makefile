@@ -4,6 +4,7 @@
 #   make check-asan   the same tests under AddressSanitizer + UndefinedBehaviorSanitizer
 #   make fuzz         build the libFuzzer targets (clang); FUZZ_SECONDS=600 make fuzz-run runs them
 #   make bench        benchmarks against the peers, printed as figures and ratios
+#   make check-cuda, make bench-cuda   the same on a GPU machine (tests/cuda/device-check.sh runs both)
 #   make demo         the Fashion-MNIST example (examples/fashion-mnist)
 #   make install PREFIX=/usr/local DESTDIR=    binaries and man pages
 #   make CUDA=0       never build the CUDA backend
@@ -65,7 +66,7 @@ CUDA_CHECK_SRC := $(wildcard tests/cuda/check_*.c)
 CUDA_CHECKS    := $(CUDA_CHECK_SRC:tests/cuda/%.c=$(BUILD)/cuda-tests/%)
 MAN_PAGES := $(wildcard man/man*/*.[1-8])
 
-.PHONY: all check check-asan check-cuda bench demo install clean fuzz fuzz-run cuda-notice
+.PHONY: all check check-asan check-cuda bench bench-cuda demo install clean fuzz fuzz-run cuda-notice
 # Keep object files of pattern chains (tests, helpers): no rebuild on the next make.
 .SECONDARY:
 all: $(TOOLS) $(TESTS) $(HELPERS) $(BENCHES) cuda-notice
@@ -73,9 +74,13 @@ all: $(TOOLS) $(TESTS) $(HELPERS) $(BENCHES) cuda-notice
 ifeq ($(HAVE_CUDA),1)
 # the PyTorch peers copied beside the build: a GPU machine gets the checkout and build/, not ../shared
 PEER_COPIES := $(patsubst ../shared/peers/%,$(BUILD)/peers/%,$(wildcard ../shared/peers/*.py))
-all: $(CUDA_LIB) $(CUDA_SO) $(CUDA_CHECKS) $(PEER_COPIES)
+PHOTOS_500  := $(if $(wildcard ../shared/data/photos),$(BUILD)/photos500/.made)
+all: $(CUDA_LIB) $(CUDA_SO) $(CUDA_CHECKS) $(PEER_COPIES) $(PHOTOS_500)
 $(BUILD)/peers/%.py: ../shared/peers/%.py
 	@mkdir -p $(dir $@) && cp $< $@
+# and the end-to-end benchmark's JPEGs (tests/cuda/device-check.sh)
+$(BUILD)/photos500/.made: tests/cuda/make-photos.sh
+	@sh tests/cuda/make-photos.sh ../shared/data/photos $(dir $@) && touch $@
 cuda-notice: ;
 else
 cuda-notice:
@@ -135,6 +140,12 @@ check: all
 check-cuda: all
 	@test "$(HAVE_CUDA)" = 1 || { echo "check-cuda: the CUDA backend is not built (nvcc or cuDNN or NCCL missing)"; exit 1; }
 	@sh tests/run.sh $(BUILD) cuda
+
+# The ResNet-50 step and the end-to-end pipe beside the PyTorch peer, on a GPU machine (logs in
+# $(BUILD)/bench-cuda); tests/cuda/device-check.sh runs this after the checks.
+bench-cuda: all
+	@test "$(HAVE_CUDA)" = 1 || { echo "bench-cuda: the CUDA backend is not built (nvcc or cuDNN or NCCL missing)"; exit 1; }
+	@PARTS="bench e2e" BUILD=$(BUILD) sh tests/cuda/device-check.sh $(BUILD)/bench-cuda
 
 # Same sources, separate build folder, sanitizers on; any report aborts the test that caused it.
 check-asan:

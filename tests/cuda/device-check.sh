@@ -3,13 +3,18 @@
 # build made on the CPU machine and carried along (build/, with build/peers/ holding the PyTorch
 # peer). Full logs go to LOGDIR; a short table is printed last. From the repository root:
 #   run: sh tests/cuda/device-check.sh "$OUT"            (carry: build)
-#   BENCH=0 skips the benchmark; STEPS=N sets its timed steps (default 20).
+#   PARTS="checks tools bench e2e" picks the parts (default all four; make check-cuda runs the
+#   first, make bench-cuda the last two); STEPS=N sets the benchmark's timed steps (default 20).
 # 1. make check-cuda's programs: every op, the ResNet and the MoCo step against the CPU backend, in
 #    float32 (TF32 off, <= 1e-4) and bf16 (<= 2e-2 per op).
 # 2. the tools on the GPU against the CPU, on views of the repository's test images: moco-pretrain
 #    --device cuda --precision f32 for 4 steps against the CPU run (bf16: 1 step); checkpoints moving between
 #    devices (a GPU checkpoint resumed on the CPU and a CPU one on the GPU, both against 6 CPU
 #    steps); moco-extract's features on the GPU against the CPU's (tests/helpers/stream_compare).
+# 4. end to end, as users run it: moco-augment --threads 15 | moco-pretrain --device cuda, ResNet-50
+#    batch 256, on the photos re-encoded as 500 px JPEGs of quality 90 (build/photos500, made at
+#    build time) copied 300 times; its log's pairs/s and data-wait share over steps 40 to 160; beside
+#    the peer's --data DIR --workers 16 run (its steady_pairs_per_s, 120 steps).
 # 3. the issue's benchmark: ResNet-50, 224 px, batch 256, K 65536, the MoCo v2 step and SGD, ours
 #    (bf16 with and without CUDA graphs, then float32) beside ../shared/peers/moco_torch.py --amp bf16 --channels-last, with
 #    and without 8 key-BN groups, in the same call; pairs/s, peak GPU memory, and the share of the
@@ -20,6 +25,8 @@ set -u
 logs=${1:?usage: device-check.sh LOGDIR}
 build=${BUILD:-build}
 steps=${STEPS:-20}
+parts=${PARTS:-checks tools bench e2e}
+want() { case " $parts " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
 mkdir -p "$logs"
 {
     date -u
@@ -30,6 +37,7 @@ mkdir -p "$logs"
 status=0
 summary=""
 for t in "$build"/cuda-tests/check_*; do
+    want checks || break
     [ -x "$t" ] || continue
     name=$(basename "$t")
     start=$(date +%s)
@@ -42,7 +50,10 @@ for t in "$build"/cuda-tests/check_*; do
     summary="$summary$(printf '%-16s %4d passed %4d failed  exit %3d  %4ds' "$name" "$passed" "$failed" "$rc" $(($(date +%s) - start)))
 "
 done
-[ -n "$summary" ] || { echo "device-check: no checks under $build/cuda-tests (build with CUDA here first)"; exit 1; }
+if want checks && [ -z "$summary" ]; then
+    echo "device-check: no checks under $build/cuda-tests (build with CUDA here first)"
+    exit 1
+fi
 
 tools=""
 bin=$build/bin
@@ -61,8 +72,10 @@ tool_row() { # label command...: run, record pass/fail with the comparison's las
     fi
     cat "$work/last.log" >>"$logs/tools.log"
 }
-M="--arch resnet18 --cifar-stem --width 8 --dim 16 --queue 64 --momentum-key 0.99 --bn-groups 2 --batch 8 --lr 0.003 --save-every 0 --threads 4 -q"
-if "$bin/moco-shard" -q --out "$work/shards" tests/fixtures/image >>"$logs/tools.log" 2>&1 &&
+want tools && M="--arch resnet18 --cifar-stem --width 8 --dim 16 --queue 64 --momentum-key 0.99 --bn-groups 2 --batch 8 --lr 0.003 --save-every 0 --threads 4 -q"
+if ! want tools; then
+    :
+elif "$bin/moco-shard" -q --out "$work/shards" tests/fixtures/image >>"$logs/tools.log" 2>&1 &&
     "$bin/moco-augment" -q --size 32 --epochs 8 --level 0 -o "$work/pairs.tsz" "$work/shards" >>"$logs/tools.log" 2>&1 &&
     "$bin/moco-augment" -q --recipe eval --size 32 --resize 32 --level 0 -o "$work/eval.tsz" "$work/shards" >>"$logs/tools.log" 2>&1; then
     pre() { "$bin/moco-pretrain" $M "$@" "$work/pairs.tsz"; }
@@ -92,8 +105,30 @@ else
 "
 fi
 
+e2e=""
+if want e2e && [ -n "$(ls "$build"/photos500/*.jpg 2>/dev/null)" ]; then
+    jpegs=$logs/e2e/jpegs
+    mkdir -p "$jpegs"
+    for i in $(seq 300); do
+        for f in "$build"/photos500/*.jpg; do ln -sf "$(cd "$(dirname "$f")" && pwd)/$(basename "$f")" "$jpegs/$i-$(basename "$f")"; done
+    done
+    "$build/bin/moco-shard" -q --threads 16 --out "$logs/e2e/shards" "$jpegs" >>"$logs/e2e.log" 2>&1
+    # 3000 images: 11 steps of 256 an epoch; 15 epochs cover the 165 steps
+    timeout 500 sh -c "'$build/bin/moco-augment' -q --threads 15 --epochs 15 '$logs/e2e/shards' |
+        '$build/bin/moco-pretrain' -q --device cuda --arch resnet50 --batch 256 --max-steps 165 --log '$logs/e2e/log.jsonl' \
+        --log-every 10 --save-every 0 --out '$logs/e2e/run'" >>"$logs/e2e.log" 2>&1
+    ours=$(awk -F'[:,}]' '/"step"/ { for (i = 1; i < NF; i++) { if ($i ~ /"step"/) s = $(i + 1); if ($i ~ /"pairs_per_s"/) p = $(i + 1); if ($i ~ /"data_wait"/) w = $(i + 1) }
+        if (s > 40 && s <= 160) { n++; ps += p; ws += w } } END { if (n) printf "%.0f pairs/s, data wait %.0f%%", ps / n, 100 * ws / n }' "$logs/e2e/log.jsonl" 2>/dev/null)
+    timeout 500 python3 "$build/peers/moco_torch.py" --device cuda --arch resnet50 --size 224 --batch 256 --amp bf16 \
+        --channels-last --data "$jpegs" --workers 16 --warmup 5 --steps 120 >"$logs/e2e-peer.json" 2>>"$logs/e2e.log"
+    peer=$(sed -n 's/.*"steady_pairs_per_s": *\([0-9.]*\).*/\1/p' "$logs/e2e-peer.json" | tail -n 1)
+    e2e="$(printf '%-44s %s' "moco-augment --threads 15 | moco-pretrain" "${ours:-failed (see e2e.log)}")
+$(printf '%-44s %s' "PyTorch peer, --data --workers 16" "${peer:-failed} pairs/s (steady)")
+"
+fi
+
 bench=""
-if [ "${BENCH:-1}" != 0 ]; then
+if want bench; then
     R50="--arch resnet50 --size 224 --batch 256 --K 65536"
     field() { sed -n "s/.*\"$1\": *\"\{0,1\}\([^,\"}]*\).*/\1/p" "$2" | tail -n 1; }
     row() { # label log
@@ -120,14 +155,24 @@ if [ "${BENCH:-1}" != 0 ]; then
     row "ours, float32 (TF32 off)" "$logs/ours-f32.json"
 fi
 
-echo "== failures and largest errors =="
-grep -h -E '^(FAIL|# )' "$logs"/check_*.log | head -n 80
+if want checks; then
+    echo "== failures and largest errors =="
+    grep -h -E '^(FAIL|# )' "$logs"/check_*.log | head -n 80
+fi
 echo "== machine =="
 sed -n 2,3p "$logs/machine.txt"
-echo "== op checks, GPU against CPU (float32 <= 1e-4, bf16 <= 2e-2) =="
-printf '%s' "$summary"
-echo "== the tools on the GPU against the CPU (checkpoints and features) =="
-printf '%s' "$tools"
+if want checks; then
+    echo "== op checks, GPU against CPU (float32 <= 1e-4, bf16 <= 2e-2) =="
+    printf '%s' "$summary"
+fi
+if want tools; then
+    echo "== the tools on the GPU against the CPU (checkpoints and features) =="
+    printf '%s' "$tools"
+fi
+if [ -n "$e2e" ]; then
+    echo "== end to end, ResNet-50 batch 256 on 500 px JPEGs (16 cores) =="
+    printf '%s' "$e2e"
+fi
 if [ -n "$bench" ]; then
     echo "== MoCo v2 step, ResNet-50 224 px, batch 256, K 65536 (pairs/s, peak memory, share of bf16 peak) =="
     printf '%s' "$bench"
