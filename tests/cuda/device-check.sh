@@ -5,6 +5,8 @@
 #   run: sh tests/cuda/device-check.sh "$OUT"            (carry: build)
 #   PARTS="checks tools bench e2e" picks the parts (default all four; make check-cuda runs the
 #   first, make bench-cuda the last two); STEPS=N sets the benchmark's timed steps (default 20).
+#   All four may take 8 to 10 minutes (cudnnFind per shape, PyTorch's start-up): with a 10-minute
+#   limit per call, run PARTS="checks tools" first, then PARTS="bench e2e".
 # 1. make check-cuda's programs: every op, the ResNet and the MoCo step against the CPU backend, in
 #    float32 (TF32 off, <= 1e-4) and bf16 (<= 2e-2 per op).
 # 2. the tools on the GPU against the CPU, on views of the repository's test images: moco-pretrain
