@@ -109,3 +109,22 @@ check killed_rank_ends_the_job "[ \"\$(cat $T/kill.rc)\" -ne 0 ] && [ \"\$(cat $
 check killed_run_saved_nothing "[ ! -e $T/kill/last.tsz ]"
 
 expect query_groups_must_split_batch 2 'query-bn-groups' -- "$P $MODEL --batch 30 --bn-groups 1 --query-bn-groups 4 --out $T/bad $T/pairs.tsz"
+
+# SIGTERM to every rank (a scheduler's preemption) while both wait for input: they stop after the
+# same step, rank 0 saves last.tsz there, and the run resumes from it
+size=$(wc -c <"$T/pairs.tsz")
+for r in 0 1; do
+    mkfifo "$T/slow.$r"
+    ( head -c $((size * 40 / 100)) "$T/pairs.tsz"; sleep 30 ) >"$T/slow.$r" &
+done
+(
+    timeout 60 $MPIRUN sh -c "echo \$\$ >$T/tpid.$RANK_HERE; exec $P $MODEL --batch 16 --save-every 0 --log $T/term.jsonl --log-every 1 --out $T/term $T/slow.$RANK_HERE" >/dev/null 2>"$T/term.err"
+    echo $? >"$T/term.rc"
+) &
+job=$!
+for _ in $(seq 300); do grep -q '"step":2,' "$T/term.jsonl" 2>/dev/null && break; sleep 0.1; done
+sleep 1
+kill -TERM "$(cat "$T/tpid.0")" "$(cat "$T/tpid.1")"
+wait $job
+check sigterm_stops_every_rank_and_rank_0_saves "[ \"\$(cat $T/term.rc)\" -ne 0 ] && [ \"\$(cat $T/term.rc)\" -ne 124 ] && grep -q 'stopped by signal 15' $T/term.err && [ -f $T/term/last.tsz ]"
+expect resumes_after_sigterm_of_every_rank 0 '' -- "$MPIRUN $P $MODEL --batch 16 --max-steps 8 --save-every 0 --resume $T/term --out $T/term $T/pairs.tsz && $BIN/moco-inspect --header $T/term/last.tsz | grep -q '\"step\": 8'"
