@@ -23,6 +23,11 @@ extern "C" __attribute__((visibility("default"))) const gpu_api *moco_cuda_api(v
         gpu_extractor_run,
         gpu_extractor_describe,
         gpu_extractor_destroy,
+        gpu_linear_create,
+        gpu_linear_step,
+        gpu_linear_pull,
+        gpu_linear_describe,
+        gpu_linear_destroy,
     };
     return &api;
 }

@@ -287,6 +287,19 @@ void gpu_extractor_destroy(gpu_extractor *x);
 const char *gpu_extractor_describe(const gpu_extractor *x);
 int gpu_extractor_run(gpu_extractor *x, const uint8_t *host_views, int n, float *host_features, moco_error *err);
 
+/* ---- the linear classifier's SGD steps on the GPU (train.cu): moco-linear --device cuda ----
+ * A device copy of the classifier ([weight | bias], classifier.h's layout) and its momentum
+ * buffers; each step uploads a batch of float32 features and their labels and runs forward, the
+ * cross-entropy, backward and SGD as classifier_train_step and sgd_step do, in float32 with TF32
+ * off. pull brings the weights back. l is a gpu_linear (void *: linear_eval.h's linear_device). */
+gpu_linear *gpu_linear_create(int device, const classifier *c, double momentum, double weight_decay, int batch,
+                              moco_error *err);
+int gpu_linear_step(void *l, const float *x, const int64_t *labels, int n, double lr, double *loss, int *top1,
+                    int *top5, moco_error *err);
+int gpu_linear_pull(void *l, classifier *c, moco_error *err);
+const char *gpu_linear_describe(const gpu_linear *l);
+void gpu_linear_destroy(gpu_linear *l);
+
 #ifdef __cplusplus
 }
 #endif

@@ -55,13 +55,16 @@ struct gpu_resnet {
 
 /* ---- building the layer list ---- */
 
+/* The offset of the host net's tensor `name` (resnet_find's lookup, done here so the library the
+ * tools load needs nothing from libcommon but its error functions). */
 static int offset_of(const resnet *host, const char *name, size_t *offset, moco_error *err)
 {
-    const resnet_tensor *t = resnet_find(host, name);
-    if (!t)
-        return moco_fail(err, "GPU ResNet: no tensor %s in the host net", name);
-    *offset = t->offset;
-    return MOCO_OK;
+    for (int i = 0; i < host->ntensors; i++)
+        if (!strcmp(host->tensors[i].name, name)) {
+            *offset = host->tensors[i].offset;
+            return MOCO_OK;
+        }
+    return moco_fail(err, "GPU ResNet: no tensor %s in the host net", name);
 }
 
 static int add_unit(gpu_resnet *net, const resnet *host, unit *u, const char *conv_name, const char *bn_name,

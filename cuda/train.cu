@@ -1,6 +1,7 @@
 /* train.cu — the device side of the tools (see gpu.h): for moco-pretrain --device cuda, staging,
  * normalisation, the MoCo step and SGD on the GPU, with ranks (ranks.cu) the gradients averaged and
- * the figures summed before the SGD step; for moco-extract --device cuda, frozen features.
+ * the figures summed before the SGD step; for moco-extract --device cuda, frozen features; for
+ * moco-linear --device cuda, the classifier's SGD steps.
  *
  * A step's device work has fixed addresses once the first step has sized every buffer, chosen every
  * algorithm and grown every workspace: so from the second step on it is captured once as a CUDA
@@ -285,4 +286,94 @@ int gpu_extractor_run(gpu_extractor *x, const uint8_t *host_views, int n, float 
         gpu_resnet_forward(x->net, x->images, n, x->size, x->size, 0, 1, err))
         return MOCO_ERR;
     return gpu_download(g, host_features, gpu_resnet_pooled(x->net), sizeof(float) * n * x->feature_dim, err);
+}
+
+/* ---- the linear classifier ---- */
+
+struct gpu_linear {
+    gpu *g;
+    int in, classes, batch;
+    size_t param_count;
+    float momentum, weight_decay;
+    float *param, *grad, *buf;   /* [weight | bias], their gradients, the momentum buffers */
+    float *x, *logits, *d_logits, *lr, *result;
+    int64_t *labels;
+    float *host_lr;
+};
+
+void gpu_linear_destroy(gpu_linear *l)
+{
+    if (!l)
+        return;
+    if (l->g) {
+        void *bufs[] = {l->param, l->grad, l->buf, l->x, l->logits, l->d_logits, l->lr, l->result, l->labels};
+        for (size_t i = 0; i < sizeof bufs / sizeof *bufs; i++)
+            gpu_free(l->g, bufs[i]);
+        gpu_host_free(l->g, l->host_lr);
+        gpu_destroy(l->g);
+    }
+    free(l);
+}
+
+gpu_linear *gpu_linear_create(int device, const classifier *c, double momentum, double weight_decay, int batch,
+                              moco_error *err)
+{
+    gpu_linear *l = (gpu_linear *)calloc(1, sizeof *l);
+    if (!l) {
+        moco_fail(err, "out of memory");
+        return NULL;
+    }
+    l->in = c->in, l->classes = c->classes, l->batch = batch, l->param_count = c->param_count;
+    l->momentum = (float)momentum, l->weight_decay = (float)weight_decay;
+    size_t f = sizeof(float), p = l->param_count, rows = (size_t)batch;
+    int ok = (l->g = gpu_create(device, GPU_F32, err)) && (l->param = (float *)gpu_alloc(l->g, f * p, err)) &&
+             (l->grad = (float *)gpu_alloc(l->g, f * p, err)) && (l->buf = (float *)gpu_alloc(l->g, f * p, err)) &&
+             (l->x = (float *)gpu_alloc(l->g, f * rows * l->in, err)) &&
+             (l->logits = (float *)gpu_alloc(l->g, f * rows * l->classes, err)) &&
+             (l->d_logits = (float *)gpu_alloc(l->g, f * rows * l->classes, err)) &&
+             (l->lr = (float *)gpu_alloc(l->g, f, err)) && (l->result = (float *)gpu_alloc(l->g, 3 * f, err)) &&
+             (l->labels = (int64_t *)gpu_alloc(l->g, sizeof(int64_t) * rows, err)) &&
+             (l->host_lr = (float *)gpu_host_alloc(l->g, f, err)) && !gpu_upload(l->g, l->param, c->param, f * p, err) &&
+             !gpu_zero(l->g, l->buf, f * p, err);
+    if (!ok) {
+        gpu_linear_destroy(l);
+        return NULL;
+    }
+    return l;
+}
+
+const char *gpu_linear_describe(const gpu_linear *l) { return gpu_describe(l->g); }
+
+int gpu_linear_step(void *lv, const float *x, const int64_t *labels, int n, double lr, double *loss, int *top1,
+                    int *top5, moco_error *err)
+{
+    gpu_linear *l = (gpu_linear *)lv;
+    gpu *g = l->g;
+    if (n < 1 || n > l->batch)
+        return moco_fail(err, "a batch of %d samples; between 1 and %d planned", n, l->batch);
+    int in = l->in, k = l->classes;
+    float *weight = l->param, *bias = l->param + (size_t)k * in, *dweight = l->grad, *dbias = l->grad + (size_t)k * in;
+    *l->host_lr = (float)lr;
+    if (gpu_upload(g, l->x, x, sizeof(float) * n * in, err) || gpu_upload(g, l->labels, labels, sizeof(int64_t) * n, err))
+        return MOCO_ERR;
+    CUDA_CHECK(cudaMemcpyAsync(l->lr, l->host_lr, sizeof(float), cudaMemcpyHostToDevice, g->stream), err,
+               "uploading the rate");
+    if (gpu_linear_forward(g, l->x, n, in, k, weight, bias, l->logits, err) ||
+        gpu_softmax_cross_entropy(g, l->logits, n, k, l->labels, l->d_logits, l->result, err) ||
+        gpu_linear_backward(g, l->x, l->d_logits, n, in, k, weight, NULL, dweight, dbias, err) ||
+        gpu_sgd_step(g, l->param, l->grad, l->buf, l->param_count, l->lr, l->momentum, l->weight_decay, err))
+        return MOCO_ERR;
+    float figures[3];
+    if (gpu_download(g, figures, l->result, sizeof figures, err))
+        return MOCO_ERR;
+    *loss = figures[0], *top1 = (int)figures[1], *top5 = (int)figures[2];
+    return MOCO_OK;
+}
+
+int gpu_linear_pull(void *lv, classifier *c, moco_error *err)
+{
+    gpu_linear *l = (gpu_linear *)lv;
+    if (c->param_count != l->param_count)
+        return moco_fail(err, "GPU classifier: the host classifier has another shape");
+    return gpu_download(l->g, c->param, l->param, sizeof(float) * l->param_count, err);
 }

@@ -5,21 +5,24 @@
  * tool links it: `--device cuda` calls gpu_api_load, which opens libmoco_cuda.so (beside the tools,
  * in ../lib, or on the library path) and returns its table of entry points; a CPU run never touches
  * it, and a build or a machine without CUDA says so when cuda is asked for. The entry points are
- * cuda/gpu.h's trainer (moco-pretrain), extractor (moco-extract) and NCCL id; see there. */
+ * cuda/gpu.h's trainer (moco-pretrain), extractor (moco-extract), linear classifier (moco-linear)
+ * and NCCL id; see there. */
 #ifndef MOCO_GPU_API_H
 #define MOCO_GPU_API_H
 #include <stddef.h>
 #include <stdint.h>
+#include "classifier.h"
 #include "error.h"
 #include "moco.h"
 #include "optim.h"
 #include "resnet.h"
 
 typedef enum { GPU_F32 = 0, GPU_BF16 = 1 } gpu_precision;
-enum { GPU_RANKS_ID_BYTES = 128, GPU_API_VERSION = 3 };
+enum { GPU_RANKS_ID_BYTES = 128, GPU_API_VERSION = 4 };
 
 typedef struct gpu_trainer gpu_trainer;
 typedef struct gpu_extractor gpu_extractor;
+typedef struct gpu_linear gpu_linear;
 
 typedef struct {
     int version; /* GPU_API_VERSION of the library: a mismatch is refused */
@@ -47,6 +50,14 @@ typedef struct {
     int (*extractor_run)(gpu_extractor *x, const uint8_t *host_views, int n, float *host_features, moco_error *err);
     const char *(*extractor_describe)(const gpu_extractor *x);
     void (*extractor_destroy)(gpu_extractor *x);
+    /* moco-linear --device cuda: the SGD protocol's steps (linear_eval.h's linear_device) */
+    gpu_linear *(*linear_create)(int device, const classifier *c, double momentum, double weight_decay, int batch,
+                                 moco_error *err);
+    int (*linear_step)(void *l, const float *x, const int64_t *labels, int n, double lr, double *loss, int *top1,
+                       int *top5, moco_error *err);
+    int (*linear_pull)(void *l, classifier *c, moco_error *err);
+    const char *(*linear_describe)(const gpu_linear *l);
+    void (*linear_destroy)(gpu_linear *l);
 } gpu_api;
 
 /* The backend's table, loaded on the first call; NULL and err when there is none to load. */

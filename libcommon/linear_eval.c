@@ -106,6 +106,28 @@ int linear_sgd_step(classifier *c, sgd *opt, const float *x, const int64_t *labe
     return MOCO_OK;
 }
 
+/* A step here or on the options' device; the device's loss is checked as linear_sgd_step checks it. */
+static int train_step(classifier *c, sgd *opt, const linear_sgd_options *o, const float *x, const int64_t *labels,
+                      int n, double lr, double *loss, int *top1, int *top5, moco_error *err)
+{
+    if (!o->device)
+        return linear_sgd_step(c, opt, x, labels, n, lr, loss, top1, top5, err);
+    if (o->device->step(o->device->ctx, x, labels, n, lr, loss, top1, top5, err))
+        return MOCO_ERR;
+    if (!isfinite(*loss))
+        return moco_fail(err, "the loss is %s (try a lower --lr, or --standardize)", isnan(*loss) ? "NaN" : "infinite");
+    return MOCO_OK;
+}
+
+/* The epoch hook, with the device's weights brought back first. */
+static int end_epoch(classifier *c, const linear_sgd_options *o, int epoch, double loss, double top1, double top5,
+                     double lr, moco_error *err)
+{
+    if (o->device && o->device->pull(o->device->ctx, c, err))
+        return MOCO_ERR;
+    return o->on_epoch ? o->on_epoch(o->ctx, epoch, loss, top1, top5, lr, err) : MOCO_OK;
+}
+
 int linear_sgd_train(classifier *c, const feature_set *d, const linear_sgd_options *o, moco_error *err)
 {
     int dim = d->dim, b = o->batch;
@@ -126,14 +148,14 @@ int linear_sgd_train(classifier *c, const feature_set *d, const linear_sgd_optio
                 memcpy(bx + (size_t)i * dim, d->x + (size_t)perm[start + i] * dim, sizeof(float) * (size_t)dim);
                 by[i] = d->labels[perm[start + i]];
             }
-            if ((rc = linear_sgd_step(c, &opt, bx, by, m, lr, &loss, &top1, &top5, err)))
+            if ((rc = train_step(c, &opt, o, bx, by, m, lr, &loss, &top1, &top5, err)))
                 moco_prefix(err, "epoch %d, step %lld", epoch + 1, (long long)(start / b + 1));
             loss_sum += loss * m, hits1 += top1, hits5 += top5;
             if (o->on_step)
                 o->on_step(o->ctx, epoch * d->n + start + m);
         }
-        if (!rc && o->on_epoch)
-            rc = o->on_epoch(o->ctx, epoch + 1, loss_sum / d->n, 100.0 * hits1 / d->n, 100.0 * hits5 / d->n, lr, err);
+        if (!rc)
+            rc = end_epoch(c, o, epoch + 1, loss_sum / d->n, 100.0 * hits1 / d->n, 100.0 * hits5 / d->n, lr, err);
     }
     sgd_free(&opt);
     free(perm);
@@ -183,7 +205,7 @@ int linear_sgd_stream(classifier *c, feature_source *src, int64_t samples, const
             continue;
         double lr = schedule_lr(o->schedule, epoch), loss;
         int top1, top5;
-        if ((rc = linear_sgd_step(c, &opt, bx, by, m, lr, &loss, &top1, &top5, err))) {
+        if ((rc = train_step(c, &opt, o, bx, by, m, lr, &loss, &top1, &top5, err))) {
             moco_prefix(err, "%s: epoch %d", feature_source_where(src, where, sizeof where), epoch + 1);
             break;
         }
@@ -192,9 +214,8 @@ int linear_sgd_stream(classifier *c, feature_source *src, int64_t samples, const
         if (o->on_step)
             o->on_step(o->ctx, epoch * samples + in_epoch);
         if (in_epoch == samples) {
-            if (o->on_epoch)
-                rc = o->on_epoch(o->ctx, epoch + 1, loss_sum / samples, 100.0 * hits1 / samples,
-                                 100.0 * hits5 / samples, lr, err);
+            rc = end_epoch(c, o, epoch + 1, loss_sum / samples, 100.0 * hits1 / samples, 100.0 * hits5 / samples, lr,
+                           err);
             if (epoch + 1 == o->epochs && last_epoch) {
                 last_epoch->n = samples, last_epoch->top1 = hits1, last_epoch->top5 = hits5;
                 last_epoch->loss_sum = loss_sum;

@@ -48,6 +48,17 @@ void linear_eval_permutation(uint64_t seed, int epoch, int64_t n, int64_t *perm)
 int linear_sgd_step(classifier *c, sgd *opt, const float *x, const int64_t *labels, int n, double lr,
                     double *loss, int *top1, int *top5, moco_error *err);
 
+/* Where the SGD steps run when not here: a device holding its own copy of the classifier and of
+ * the momentum buffers (moco-linear --device cuda). step runs one step on a batch as
+ * linear_sgd_step does; pull copies the device's weights into the classifier (before each
+ * on_epoch hook, which may evaluate them, and at the end). */
+typedef struct {
+    void *ctx;
+    int (*step)(void *ctx, const float *x, const int64_t *labels, int n, double lr, double *loss, int *top1,
+                int *top5, moco_error *err);
+    int (*pull)(void *ctx, classifier *c, moco_error *err);
+} linear_device;
+
 /* The SGD protocol's settings and the caller's hooks (ctx is passed back to both). */
 typedef struct {
     double momentum, weight_decay;
@@ -60,6 +71,7 @@ typedef struct {
     /* After each step, with the samples trained on so far. May be NULL. */
     void (*on_step)(void *ctx, int64_t samples_done);
     void *ctx;
+    const linear_device *device; /* NULL: the steps run here */
 } linear_sgd_options;
 
 /* The fast protocol: every sample of d in memory; epoch e takes them in linear_eval_permutation(seed,

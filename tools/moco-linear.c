@@ -20,6 +20,7 @@
 #include "backend.h"
 #include "cli.h"
 #include "feature_source.h"
+#include "gpu_api.h"
 #include "linear_eval.h"
 #include "metrics.h"
 #include "progress.h"
@@ -52,6 +53,7 @@ static const char usage[] =
     "  --log FILE            JSON lines: one per epoch (sgd) or iteration (lbfgs)\n"
     "  --save FILE           the classifier as safetensors: fc.weight, fc.bias (+ feature_mean/std)\n"
     "  --threads N           at most N (default: all cores; products under 2^24 multiply-adds use one)\n"
+    "  --device cpu|cuda[:N] where the SGD steps run (default cpu; cuda in builds with the CUDA backend)\n"
     "  -q, --quiet           no progress bar or epoch lines\n"
     "      --help, --version\n"
     "\n"
@@ -65,6 +67,7 @@ static const char usage[] =
 typedef struct {
     const char *train, *val, *report, *log, *save, *milestones;
     int lbfgs, standardize, confusion, quiet, mode; /* mode: 0 auto, 1 streaming, 2 in memory */
+    int device, device_given;                         /* -1: the CPU; else cuda:device (SGD only) */
     double lr, momentum, wd, l2, tol;
     int64_t batch, epochs, seed, threads, classes, max_iter;
     int epochs_given;
@@ -308,7 +311,7 @@ int main(int argc, char **argv)
     cli_init("moco-linear");
     enum { O_VAL = 256, O_SOLVER, O_LR, O_MOM, O_WD, O_BATCH, O_EPOCHS, O_MILESTONES, O_SEED, O_STREAMING,
            O_IN_MEMORY, O_L2, O_MAX_ITER, O_TOL, O_STANDARDIZE, O_CLASSES, O_REPORT, O_CONFUSION, O_LOG, O_SAVE,
-           O_THREADS, O_HELP, O_VERSION };
+           O_THREADS, O_DEVICE, O_HELP, O_VERSION };
     static const struct option options[] = {
         {"val", required_argument, 0, O_VAL}, {"solver", required_argument, 0, O_SOLVER},
         {"lr", required_argument, 0, O_LR}, {"momentum", required_argument, 0, O_MOM},
@@ -320,11 +323,12 @@ int main(int argc, char **argv)
         {"standardize", no_argument, 0, O_STANDARDIZE}, {"classes", required_argument, 0, O_CLASSES},
         {"report", required_argument, 0, O_REPORT}, {"confusion", no_argument, 0, O_CONFUSION},
         {"log", required_argument, 0, O_LOG}, {"save", required_argument, 0, O_SAVE},
-        {"threads", required_argument, 0, O_THREADS}, {"quiet", no_argument, 0, 'q'},
+        {"threads", required_argument, 0, O_THREADS}, {"device", required_argument, 0, O_DEVICE},
+        {"quiet", no_argument, 0, 'q'},
         {"help", no_argument, 0, O_HELP}, {"version", no_argument, 0, O_VERSION}, {0, 0, 0, 0},
     };
     settings s = {.lr = 30, .momentum = 0.9, .wd = 0, .batch = 256, .epochs = 100, .milestones = "60,80",
-                  .l2 = 1e-4, .max_iter = 500, .tol = 1e-5, .threads = cli_default_threads()};
+                  .l2 = 1e-4, .max_iter = 500, .tol = 1e-5, .threads = cli_default_threads(), .device = -1};
     int64_t status = 0;
     int c;
     while ((c = getopt_long(argc, argv, "q", options, NULL)) != -1 && !status) {
@@ -354,6 +358,7 @@ int main(int argc, char **argv)
         case O_LOG: s.log = optarg; break;
         case O_SAVE: s.save = optarg; break;
         case O_THREADS: status = cli_int("--threads", optarg, 1, 4096, &s.threads); break;
+        case O_DEVICE: status = cli_device(optarg, &s.device, &s.device_given); break;
         case 'q': s.quiet = 1; break;
         case O_HELP: fputs(usage, stdout); return 0;
         case O_VERSION: return cli_version();
@@ -374,10 +379,15 @@ int main(int argc, char **argv)
         return cli_usage_error("--val - and TRAIN - cannot both be standard input");
     if (s.lbfgs && s.mode == 1)
         return cli_usage_error("--streaming is for --solver sgd: L-BFGS works on the whole train set at once");
+    if (s.lbfgs && s.device >= 0)
+        return cli_usage_error("--device cuda is for --solver sgd: L-BFGS runs on the CPU");
     if (s.log && s.report && !strcmp(s.log, "-") && !strcmp(s.report, "-"))
         return cli_usage_error("--log - and --report - cannot both be standard output");
 
     double t0 = progress_now();
+    const gpu_api *gpu = NULL; /* --device cuda: the backend, loaded, and the classifier on it */
+    gpu_linear *gl = NULL;
+    linear_device device;
     if (!strcmp(s.train, "-"))
         stream_grow_pipe(STDIN_FILENO);
     feature_source *train_src = feature_source_open(s.train, &err), *val_src = NULL;
@@ -501,6 +511,15 @@ int main(int argc, char **argv)
         linear_sgd_options so = {.momentum = s.momentum, .weight_decay = s.wd, .batch = (int)s.batch,
                                  .epochs = (int)s.epochs, .schedule = &sched, .seed = (uint64_t)s.seed,
                                  .on_epoch = on_epoch, .on_step = on_step, .ctx = &r};
+        if (s.device >= 0) { /* the steps on the GPU; the weights come back for each epoch's report */
+            if (!(gpu = gpu_api_load(&err)) ||
+                !(gl = gpu->linear_create(s.device, &r.c, s.momentum, s.wd, (int)s.batch, &err)))
+                FAIL("%s", err.msg);
+            if (!s.quiet)
+                fprintf(stderr, "moco-linear: cuda:%d: %s\n", s.device, gpu->linear_describe(gl));
+            device = (linear_device){.ctx = gl, .step = gpu->linear_step, .pull = gpu->linear_pull};
+            so.device = &device;
+        }
         r.bar = progress_start("moco-linear", s.epochs * (streaming ? samples : set.n), s.quiet);
         rc = streaming ? linear_sgd_stream(&r.c, train_src, samples, &so, &train_sc, &r.err)
                        : linear_sgd_train(&r.c, &set, &so, &r.err);
@@ -531,6 +550,8 @@ int main(int argc, char **argv)
     if (!s.report || strcmp(s.report, "-"))
         print_text(&r, mode, &train_sc, eval, val_src != NULL, dim, seconds);
 done:
+    if (gl)
+        gpu->linear_destroy(gl);
     if (r.log && metrics_close(r.log, status_code ? NULL : &err) && !status_code)
         status_code = cli_error("%s", err.msg);
     feature_set_free(&set);

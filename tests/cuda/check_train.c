@@ -4,9 +4,12 @@
  * normalisation, moco_step, sgd_step. Four steps of the tiny parity model with a schedule of rates;
  * then the host mirrors compared: both encoders, running statistics, queue and pointer, momentum;
  * once with every step queued op by op, once with the steps after the first replayed from a graph.
- * moco-extract --device cuda: the frozen features of u8 views. */
+ * moco-extract --device cuda: the frozen features of u8 views. moco-linear --device cuda: the
+ * classifier's SGD steps. */
 #include "check.h"
 
+#include "classifier.h"
+#include "linear_eval.h"
 #include "moco.h"
 #include "optim.h"
 
@@ -120,11 +123,50 @@ TEST(test_extractor_features_match_the_cpu)
     resnet_destroy(net);
 }
 
+/* moco-linear --device cuda: SGD steps of the linear classifier against linear_sgd_step, with a
+ * short last batch; losses, counts and the weights pulled back */
+TEST(test_linear_steps_match_the_cpu)
+{
+    enum { F = 48, K = 10, B = 32, STEPS_L = 5 };
+    moco_error err = {{0}};
+    classifier cpu;
+    CHECK_OK(classifier_init(&cpu, F, K, 51, &err), &err);
+    linear_eval_init(&cpu, 52);
+    classifier back;
+    CHECK_OK(classifier_init(&back, F, K, 51, &err), &err);
+    sgd opt;
+    CHECK_OK(sgd_init(&opt, cpu.param_count, 0.9, 1e-4, &err), &err);
+    gpu_linear *l = gpu_linear_create(0, &cpu, 0.9, 1e-4, B, &err);
+    CHECK_OK(l ? 0 : -1, &err);
+    float x[B * F];
+    int64_t labels[B];
+    for (int step = 0; step < STEPS_L; step++) {
+        int n = step == STEPS_L - 1 ? B - 7 : B;
+        fill_normal(x, (size_t)n * F, 53 + step, 0, 1);
+        for (int i = 0; i < n; i++)
+            labels[i] = (i * 7 + step) % K;
+        double want_loss, got_loss;
+        int want1, want5, got1, got5;
+        CHECK_OK(linear_sgd_step(&cpu, &opt, x, labels, n, 0.5, &want_loss, &want1, &want5, &err), &err);
+        CHECK_OK(gpu_linear_step(l, x, labels, n, 0.5, &got_loss, &got1, &got5, &err), &err);
+        CHECK(fabs(got_loss - want_loss) <= 1e-5 * (1 + want_loss) && got1 == want1 && got5 == want5);
+    }
+    CHECK_OK(gpu_linear_pull(l, &back, &err), &err);
+    double e = rel_error(back.param, cpu.param, cpu.param_count);
+    printf("# linear classifier after %d steps/%s: largest relative error %.2g\n", STEPS_L,
+           gpu_get_precision(g) == GPU_BF16 ? "bf16" : "f32", e);
+    CHECK(e <= 1e-4); /* float32 in both passes: the classifier has no bf16 mode */
+    gpu_linear_destroy(l);
+    sgd_free(&opt);
+    classifier_free(&cpu), classifier_free(&back);
+}
+
 static void run_all(void)
 {
     RUN(test_trainer_steps_match_the_cpu_loop);
     RUN(test_trainer_graph_steps_match_the_cpu_loop);
     RUN(test_extractor_features_match_the_cpu);
+    RUN(test_linear_steps_match_the_cpu);
 }
 
 CHECK_MAIN(run_all)

@@ -12,7 +12,9 @@
 # 2. the tools on the GPU against the CPU, on views of the repository's test images: moco-pretrain
 #    --device cuda --precision f32 for 4 steps against the CPU run (bf16: 1 step); checkpoints moving between
 #    devices (a GPU checkpoint resumed on the CPU and a CPU one on the GPU, both against 6 CPU
-#    steps); moco-extract's features on the GPU against the CPU's (tests/helpers/stream_compare).
+#    steps); moco-extract's features on the GPU against the CPU's (tests/helpers/stream_compare);
+#    moco-linear's SGD steps on the GPU against the CPU's on synthetic labelled features (the reports'
+#    train loss and top-1).
 # 4. end to end, as users run it: moco-augment --threads 15 | moco-pretrain --device cuda, ResNet-50
 #    batch 256, on the photos re-encoded as 500 px JPEGs of quality 90 (build/photos500, made at
 #    build time) copied 300 times; its log's pairs/s and data-wait share over steps 40 to 160; beside
@@ -95,12 +97,24 @@ elif "$bin/moco-shard" -q --out "$work/shards" tests/fixtures/image >>"$logs/too
             "$bin/moco-extract" -q --device cuda "$work/cpu/last.tsz" "$work/eval.tsz" -o "$work/gpu.feat" &&
             "$cmp" "$work/gpu.feat" "$work/cpu.feat" 1e-3
     }
+    linear() { # the SGD protocol on labelled synthetic features, on the GPU and here: the same report
+        "$build/helpers/mkfeatures" --samples 600 --dim 64 --classes 10 --sep 0.15 >"$work/lin.feat" &&
+            "$bin/moco-linear" -q --epochs 3 --batch 32 --lr 0.1 --report "$work/lin-cpu.json" "$work/lin.feat" >/dev/null &&
+            "$bin/moco-linear" -q --device cuda --epochs 3 --batch 32 --lr 0.1 --report "$work/lin-gpu.json" "$work/lin.feat" \
+                >/dev/null &&
+            python3 -c "
+import json, sys
+a, b = (json.load(open(sys.argv[i]))['train'] for i in (1, 2))
+assert abs(a['top1'] - b['top1']) <= 0.5 and abs(a['loss'] - b['loss']) <= 1e-4 * (1 + b['loss']), (a, b)
+print('train top-1 %.2f%% and %.2f%%, loss %.6f and %.6f' % (a['top1'], b['top1'], a['loss'], b['loss']))" "$work/lin-gpu.json" "$work/lin-cpu.json"
+    }
     tool_row "moco-pretrain on the CPU" cpu_runs
     tool_row "moco-pretrain --device cuda f32, 4 steps vs CPU" gpu_f32
     tool_row "GPU checkpoint resumed on the CPU, vs 6 CPU steps" gpu_to_cpu
     tool_row "CPU checkpoint resumed on the GPU, vs 6 CPU steps" cpu_to_gpu
     tool_row "moco-pretrain --device cuda bf16, 1 step vs CPU" gpu_bf16
     tool_row "moco-extract --device cuda f32 vs CPU" extract
+    tool_row "moco-linear --device cuda vs CPU (SGD protocol)" linear
 else
     status=1
     tools="could not make views of tests/fixtures/image (see $logs/tools.log)

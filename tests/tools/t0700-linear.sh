@@ -194,3 +194,11 @@ expect bad_milestones 2 'milestones' -- "$L --milestones 6,x $T/easy.feat"
 expect classes_disagree_with_header 2 '--classes 7: .* names 4 classes' -- "$L --classes 7 $T/easy.feat"
 expect help 0 '' -- "$L --help | grep -q 'Usage: moco-linear'"
 expect version 0 '' -- "$L --version"
+
+# --device cuda: the SGD protocol's steps on the GPU; without a CUDA backend or without a GPU here,
+# a clear failure; L-BFGS stays on the CPU
+$MK --samples 64 --dim 8 --classes 3 >"$T/cuda-train.feat"
+$BIN/moco-linear -q --device cuda --epochs 1 "$T/cuda-train.feat" 2>"$T/cuda.err" </dev/null
+echo $? >"$T/cuda.rc"
+check cuda_without_a_gpu_is_a_clear_error "[ \$(cat $T/cuda.rc) = 1 ] && grep -Eq 'cuda:0: no such device|no CUDA backend to load' $T/cuda.err"
+expect lbfgs_is_not_for_cuda 2 'L-BFGS runs on the CPU' -- "$BIN/moco-linear -q --solver lbfgs --device cuda $T/cuda-train.feat"
