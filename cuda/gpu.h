@@ -141,8 +141,8 @@ int gpu_softmax_cross_entropy(gpu *g, const float *logits, int n, int c, const i
 
 /* ---- the MoCo step's own kernels (math.cu) ---- */
 /* u8 (pixels, C) -> activations ((x / 255 - mean) / std per channel), one pass. */
-int gpu_normalise_u8(gpu *g, const uint8_t *x, size_t pixels, int c, const float host_mean[3],
-                     const float host_std[3], void *y, moco_error *err);
+int gpu_normalise_u8(gpu *g, const uint8_t *x, size_t pixels, int c, const double host_mean[3],
+                     const double host_std[3], void *y, moco_error *err);
 /* dst row i = src row index[i] (n rows of row_bytes bytes; index on the device). */
 int gpu_gather_rows(gpu *g, const void *src, const int64_t *index, int n, size_t row_bytes, void *dst,
                     moco_error *err);

@@ -377,8 +377,8 @@ __global__ void normalise_u8_kernel(const uint8_t *x, size_t count, int c, const
     }
 }
 
-extern "C" int gpu_normalise_u8(gpu *g, const uint8_t *x, size_t pixels, int c, const float host_mean[3],
-                                const float host_std[3], void *y, moco_error *err)
+extern "C" int gpu_normalise_u8(gpu *g, const uint8_t *x, size_t pixels, int c, const double host_mean[3],
+                                const double host_std[3], void *y, moco_error *err)
 {
     if (c < 1 || c > 3)
         return moco_fail(err, "normalise: %d channels (1 to 3)", c);

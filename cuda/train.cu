@@ -19,7 +19,7 @@ struct gpu_trainer {
     gpu_ranks *ranks; /* NULL: one process */
     size_t param_count, view;
     int batch, size;
-    float mean[3], std[3];
+    double mean[3], std[3]; /* as given: the table is built from them as batcher.c builds its own */
     float momentum_factor, weight_decay; /* the SGD settings of the host optimiser */
     uint8_t *staging;     /* page-locked: both views of a batch */
     uint8_t *raw;         /* device: the same bytes */
@@ -65,7 +65,7 @@ gpu_trainer *gpu_trainer_create(int device, gpu_precision precision, const moco 
     t->use_graph = 1;
     t->view = (size_t)size * size * channels;
     for (int c = 0; c < 3; c++)
-        t->mean[c] = (float)mean[c], t->std[c] = (float)std[c];
+        t->mean[c] = mean[c], t->std[c] = std[c];
     size_t raw_bytes = 2 * (size_t)batch * t->view;
     int ok = (t->g = gpu_create(device, precision, err)) && (t->m = gpu_moco_create(t->g, host, err)) &&
              (t->staging = (uint8_t *)gpu_host_alloc(t->g, raw_bytes, err)) &&
@@ -231,7 +231,7 @@ struct gpu_extractor {
     gpu *g;
     gpu_resnet *net;
     int batch, size, channels, feature_dim;
-    float mean[3], std[3];
+    double mean[3], std[3];
     uint8_t *staging, *raw; /* page-locked and device copies of a batch of u8 views */
     void *images;
 };
@@ -260,7 +260,7 @@ gpu_extractor *gpu_extractor_create(int device, gpu_precision precision, const r
     }
     x->batch = batch, x->size = size, x->channels = channels, x->feature_dim = host->feature_dim;
     for (int c = 0; c < 3; c++)
-        x->mean[c] = (float)mean[c], x->std[c] = (float)std[c];
+        x->mean[c] = mean[c], x->std[c] = std[c];
     size_t bytes = (size_t)batch * size * size * channels;
     int ok = (x->g = gpu_create(device, precision, err)) && (x->net = gpu_resnet_create(x->g, host, 0, err)) &&
              (x->staging = (uint8_t *)gpu_host_alloc(x->g, bytes, err)) && (x->raw = (uint8_t *)gpu_alloc(x->g, bytes, err)) &&

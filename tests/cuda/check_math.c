@@ -336,7 +336,7 @@ TEST(test_normalise_u8_matches_batcher_formula)
 {
     enum { PIXELS = 1001, C = 3 };
     moco_error err;
-    const float mean[3] = {0.485f, 0.456f, 0.406f}, std[3] = {0.229f, 0.224f, 0.225f};
+    const double mean[3] = {0.485, 0.456, 0.406}, std[3] = {0.229, 0.224, 0.225}; /* as the header gives them */
     uint8_t x[PIXELS * C];
     float *want = host_floats(PIXELS * C);
     CHECK(want);

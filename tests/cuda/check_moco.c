@@ -3,7 +3,8 @@
  * the same permutations, three steps. Compared: the logits and loss of every step, the query
  * gradients of the first, and at the end the query and key encoders, the momentum buffers, the
  * queue and its pointer. The tiny ResNet of the parity fixtures (width 4, CIFAR stem, 16 px), with
- * a queue that wraps. Float32 within 1e-4 per op, 5e-4 after three steps; bf16 within 5e-2. */
+ * a queue that wraps. Float32 within 1e-4 per op, 5e-4 after three steps; bf16: the loss within
+ * 2e-2, the rest reported (check.h's whole_net_tolerance). */
 #include "check.h"
 
 #include "moco.h"
@@ -13,13 +14,14 @@ enum { N = 8, S = 16, C = 3, VIEW = S * S * C, STEPS = 3, QUEUE = 20 };
 
 static const resnet_config tiny = {.depth = 18, .width = 4, .in_channels = 3, .cifar_stem = 1,
                                    .head = RESNET_HEAD_MLP, .out_dim = 16};
-static const float mean[3] = {0.485f, 0.456f, 0.406f}, stdev[3] = {0.229f, 0.224f, 0.225f};
+static const double mean[3] = {0.485, 0.456, 0.406}, stdev[3] = {0.229, 0.224, 0.225};
 
 TEST(test_moco_steps_match_cpu)
 {
     moco_error err = {{0}};
     int bf16 = gpu_get_precision(g) == GPU_BF16;
-    double tol_step = bf16 ? 5e-2 : 1e-4, tol_end = bf16 ? 5e-2 : 5e-4;
+    double tol_step = whole_net_tolerance(1e-4), tol_end = whole_net_tolerance(5e-4);
+    double tol_loss = bf16 ? 2e-2 : 1e-4; /* the bound on the loss in bf16 */
     moco_config cfg = {.queue_size = QUEUE, .key_momentum = 0.99, .temperature = 0.2, .bn_groups = 2, .query_bn_groups = 1};
     moco *cpu = moco_create(be, &tiny, &cfg, &err), *back = moco_create(be, &tiny, &cfg, &err);
     CHECK_OK(cpu && back ? 0 : -1, &err);
@@ -57,9 +59,10 @@ TEST(test_moco_steps_match_cpu)
         float result[3], want = (float)res.loss;
         CHECK_OK(gpu_download(g, result, d_result, sizeof result, &err), &err);
         printf("# moco step %d loss: GPU %.6f, CPU %.6f; top1 %g/%d\n", step, result[0], res.loss, result[1], res.top1);
-        CHECK(rel_error(result, &want, 1) <= tol_step);
+        CHECK(rel_error(result, &want, 1) <= tol_loss);
         if (step == 0)
-            CHECK_DEVICE(gpu_resnet_grad(gpu_moco_query(dev)), 0, cpu->q->grad, np, bf16 ? 5e-2 : 2e-4, "moco query gradients");
+            CHECK_DEVICE(gpu_resnet_grad(gpu_moco_query(dev)), 0, cpu->q->grad, np, whole_net_tolerance(2e-4),
+                         "moco query gradients");
         float lr = 0.5f;
         sgd_step(&opt, cpu->q->param, cpu->q->grad, lr);
         CHECK_OK(gpu_upload(g, d_lr, &lr, sizeof lr, &err), &err);
