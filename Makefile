@@ -117,6 +117,31 @@ $(BUILD)/bench/%: $(BUILD)/tests/bench/%.o $(LIB) | $(BUILD)/bench
 $(BUILD)/cuda/%.o: cuda/%.cu $(wildcard cuda/*.h libcommon/*.h) | $(BUILD)/cuda
 	$(NVCC) $(NVCCFLAGS) -Ilibcommon -Icuda -c $< -o $@
 
+# The same checks on the CPU, in make check: cuda/'s sources with their kernel launches rewritten
+# (tests/cuda/emu/rewrite.py), compiled as C++ against an emulation of CUDA, cuDNN, cuBLAS and NCCL
+# (tests/cuda/emu/emu.h), so every change to cuda/ runs without a GPU. Not under the sanitizers
+# (the emulation's fibers switch stacks).
+EMU_DIR    := $(BUILD)/cuda-emu
+EMU_GEN    := $(patsubst cuda/%.cu,$(EMU_DIR)/%.cpp,$(CUDA_SRC)) $(patsubst cuda/%,$(EMU_DIR)/%,$(wildcard cuda/*.h))
+EMU_OBJ    := $(patsubst cuda/%.cu,$(EMU_DIR)/%.o,$(CUDA_SRC)) $(EMU_DIR)/emu.o
+EMU_CHECKS := $(CUDA_CHECK_SRC:tests/cuda/%.c=$(EMU_DIR)/%)
+EMU_CXX    := g++ -std=c++17 -O1 -g -w -include tests/cuda/emu/emu.h -Itests/cuda/emu -Itests/cuda/emu/include -I$(EMU_DIR) \
+              -Ilibcommon
+ifeq ($(SAN),)
+all: $(EMU_CHECKS)
+endif
+$(EMU_DIR)/%.cpp: cuda/%.cu tests/cuda/emu/rewrite.py
+	@mkdir -p $(EMU_DIR) && python3 tests/cuda/emu/rewrite.py $< $@
+$(EMU_DIR)/%.h: cuda/%.h tests/cuda/emu/rewrite.py
+	@mkdir -p $(EMU_DIR) && python3 tests/cuda/emu/rewrite.py $< $@
+$(EMU_DIR)/%.o: $(EMU_DIR)/%.cpp $(EMU_GEN) tests/cuda/emu/emu.h $(wildcard libcommon/*.h)
+	$(EMU_CXX) -c $< -o $@
+$(EMU_DIR)/emu.o: tests/cuda/emu/emu.cpp tests/cuda/emu/emu.h
+	@mkdir -p $(EMU_DIR) && $(EMU_CXX) -c $< -o $@
+$(EMU_DIR)/check_%: tests/cuda/check_%.c tests/cuda/check.h $(EMU_OBJ) $(LIB) $(EMU_GEN)
+	$(CC) $(CPPFLAGS) -I$(EMU_DIR) -Itests/unit $(ALL_CFLAGS) -c $< -o $@.o
+	g++ $@.o $(EMU_OBJ) $(LIB) $(LDLIBS) -lstdc++ -o $@
+
 # The GPU op checks: built wherever CUDA is (CI compiles them), run by make check-cuda on a GPU.
 $(BUILD)/cuda-tests/%: tests/cuda/%.c tests/cuda/check.h $(LIB) $(CUDA_LIB) | $(BUILD)/cuda-tests
 	$(CC) $(CPPFLAGS) -Icuda -Itests/unit $(ALL_CFLAGS) $< $(CUDA_LIB) $(LIB) $(LDLIBS) $(CUDA_LIBS) -o $@

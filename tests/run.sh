@@ -30,6 +30,10 @@ else
         [ -x "$t" ] || continue
         run_one "$(basename "$t")" "$t"
     done
+    for t in "$build"/cuda-emu/check_*; do # the CUDA backend's checks on its CPU emulation
+        [ -x "$t" ] && [ "${t%.o}" = "$t" ] || continue
+        run_one "emulated $(basename "$t")" "$t"
+    done
     for t in "$top"/tests/tools/t*.sh; do
         [ -f "$t" ] || continue
         run_one "$(basename "$t")" env BUILD="$top/$build" TOP="$top" sh "$t"

@@ -1,0 +1,2 @@
+/* nccl.h — stands for the real header when cuda/ is built against the CPU emulation (emu.h). */
+#include "emu.h"
