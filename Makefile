@@ -79,8 +79,8 @@ all: $(CUDA_LIB) $(CUDA_SO) $(CUDA_CHECKS) $(PEER_COPIES) $(PHOTOS_500)
 $(BUILD)/peers/%.py: ../shared/peers/%.py
 	@mkdir -p $(dir $@) && cp $< $@
 # and the end-to-end benchmark's JPEGs (tests/cuda/device-check.sh)
-$(BUILD)/photos500/.made: tests/cuda/make-photos.sh
-	@sh tests/cuda/make-photos.sh ../shared/data/photos $(dir $@) && touch $@
+$(BUILD)/photos500/.made: tests/bench/make-photos.sh
+	@sh tests/bench/make-photos.sh ../shared/data/photos $(dir $@) && touch $@
 cuda-notice: ;
 else
 cuda-notice:

@@ -95,17 +95,7 @@ echo "$one $all" | awk -v c="$cores" '{ printf "scaling: %.2fx with %d threads (
 echo
 if /usr/bin/python3 -c 'import torchvision' 2>/dev/null; then
     mkdir -p "$tmp/aug/j"
-    /usr/bin/python3 - "$photos" "$tmp/aug/j" <<'PY'
-import os, sys
-from PIL import Image
-src, out = sys.argv[1], sys.argv[2]
-for f in sorted(os.listdir(src)):
-    if f.endswith((".jpg", ".png")) and "truncated" not in f:
-        im = Image.open(os.path.join(src, f)).convert("RGB")
-        w, h = im.size
-        s = 500 / max(w, h)
-        im.resize((round(w * s), round(h * s)), Image.BILINEAR).save(os.path.join(out, f.split(".")[0] + ".jpg"), quality=90)
-PY
+    sh "$top/tests/bench/make-photos.sh" "$photos" "$tmp/aug/j"
     secs=${BENCH_SECONDS:-5}
     peer=$(/usr/bin/python3 "$top/../shared/peers/augment_torchvision.py" --seconds "$secs" "$tmp"/aug/j/*.jpg)
     fast=$("$build/bench/augment_bench" --seconds "$secs" "$tmp"/aug/j/*.jpg)
