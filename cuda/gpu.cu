@@ -34,6 +34,7 @@ void gpu_destroy(gpu *g)
         cudnnDestroy(g->cudnn);
     if (g->stream)
         cudaStreamDestroy(g->stream);
+    free(g->blocks);
     free(g);
 }
 
@@ -91,38 +92,51 @@ int gpu_sync(gpu *g, moco_error *err)
     return MOCO_OK;
 }
 
-/* Allocation sizes are kept in front of each block, so gpu_free can count what is live. */
-enum { HEADER = 256 };
+/* Live allocations and their sizes, kept on the host (a few hundred at most, made at setup), so
+ * gpu_free can count what is live without touching the device. */
+static int remember(gpu *g, void *p, size_t bytes)
+{
+    if (g->nblocks == g->block_capacity) {
+        int cap = g->block_capacity ? 2 * g->block_capacity : 256;
+        gpu_block *grown = (gpu_block *)realloc(g->blocks, sizeof *grown * cap);
+        if (!grown)
+            return MOCO_ERR;
+        g->blocks = grown, g->block_capacity = cap;
+    }
+    g->blocks[g->nblocks++] = (gpu_block){p, bytes};
+    return MOCO_OK;
+}
 
 void *gpu_alloc(gpu *g, size_t bytes, moco_error *err)
 {
-    char *p = NULL;
-    cudaError_t rc = cudaMalloc((void **)&p, bytes + HEADER);
+    void *p = NULL;
+    cudaError_t rc = cudaMalloc(&p, bytes ? bytes : 1);
     if (rc != cudaSuccess) {
         moco_fail(err, "cudaMalloc of %.1f MiB: %s", bytes / 1048576.0, cudaGetErrorString(rc));
         return NULL;
     }
-    size_t size = bytes;
-    if (cudaMemcpy(p, &size, sizeof size, cudaMemcpyHostToDevice) != cudaSuccess) {
+    if (remember(g, p, bytes)) {
         cudaFree(p);
-        moco_fail(err, "cudaMemcpy after cudaMalloc failed");
+        moco_fail(err, "out of memory");
         return NULL;
     }
     g->allocated += bytes;
     if (g->allocated > g->peak)
         g->peak = g->allocated;
-    return p + HEADER;
+    return p;
 }
 
 void gpu_free(gpu *g, void *p)
 {
     if (!p)
         return;
-    char *base = (char *)p - HEADER;
-    size_t size = 0;
-    if (cudaMemcpy(&size, base, sizeof size, cudaMemcpyDeviceToHost) == cudaSuccess)
-        g->allocated -= size;
-    cudaFree(base);
+    for (int i = g->nblocks - 1; i >= 0; i--) /* the newest first: buffers are often freed in reverse */
+        if (g->blocks[i].p == p) {
+            g->allocated -= g->blocks[i].bytes;
+            g->blocks[i] = g->blocks[--g->nblocks];
+            break;
+        }
+    cudaFree(p);
 }
 
 int gpu_workspace(gpu *g, size_t bytes, moco_error *err)

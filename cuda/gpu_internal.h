@@ -11,6 +11,11 @@
 
 #include "gpu.h"
 
+typedef struct {
+    void *p;
+    size_t bytes;
+} gpu_block;
+
 struct gpu {
     int device;
     gpu_precision precision;
@@ -21,6 +26,8 @@ struct gpu {
     void *cublas_workspace;    /* cuBLAS's, set once: a captured graph must not make it allocate */
     size_t workspace_bytes;
     size_t allocated, peak;    /* bytes through gpu_alloc and the workspace */
+    gpu_block *blocks;         /* gpu_alloc's live allocations */
+    int nblocks, block_capacity;
     char description[192];
 };
 
