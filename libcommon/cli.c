@@ -124,6 +124,14 @@ int cli_device(const char *s, int *device, int *given)
     return 0;
 }
 
+int cli_precision(const char *s, int *bf16)
+{
+    if (strcmp(s, "bf16") && strcmp(s, "f32"))
+        return cli_usage_error("--precision %s: expected bf16 or f32", s);
+    *bf16 = !strcmp(s, "bf16");
+    return 0;
+}
+
 int cli_default_threads(void)
 {
     long n = sysconf(_SC_NPROCESSORS_ONLN);

@@ -39,6 +39,8 @@ int cli_part(const char *option, const char *s, int *part, int *parts);
  * -> N with *given = 1. Whether there is a CUDA backend to run it is found when it is loaded
  * (gpu_api.h). */
 int cli_device(const char *s, int *device, int *given);
+/* --precision: "bf16" -> *bf16 = 1, "f32" -> 0; anything else a usage error. */
+int cli_precision(const char *s, int *bf16);
 
 /* Online processor count: the default for --threads. */
 int cli_default_threads(void);

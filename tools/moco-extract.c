@@ -143,11 +143,7 @@ int main(int argc, char **argv)
         case O_BATCH: status = cli_int("--batch", optarg, 1, 1 << 20, &batch_size); break;
         case O_THREADS: status = cli_int("--threads", optarg, 1, 4096, &threads); break;
         case O_DEVICE: status = cli_device(optarg, &device, &device_given); break;
-        case O_PRECISION:
-            if (strcmp(optarg, "bf16") && strcmp(optarg, "f32"))
-                return cli_usage_error("--precision %s: expected bf16 or f32", optarg);
-            bf16 = !strcmp(optarg, "bf16");
-            break;
+        case O_PRECISION: status = cli_precision(optarg, &bf16); break;
         case O_MEAN: status = cli_reals("--mean", optarg, 3, -1e9, 1e9, mean); have_mean = 1; break;
         case O_STD: status = cli_reals("--std", optarg, 3, 1e-12, 1e9, std); have_std = 1; break;
         case 'o': out_path = optarg; break;

@@ -633,11 +633,7 @@ int main(int argc, char **argv)
         case O_THREADS: status = cli_int("--threads", optarg, 1, 4096, &s.threads); break;
         case O_DEVICE: status = cli_device(optarg, &s.device, &s.device_given); break;
         case O_NO_GRAPH: s.no_graph = 1; break;
-        case O_PRECISION:
-            if (strcmp(optarg, "bf16") && strcmp(optarg, "f32"))
-                return cli_usage_error("--precision %s: expected bf16 or f32", optarg);
-            s.bf16 = !strcmp(optarg, "bf16");
-            break;
+        case O_PRECISION: status = cli_precision(optarg, &s.bf16); break;
         case O_MEAN: status = cli_reals("--mean", optarg, 3, -1e9, 1e9, s.mean); s.have_mean = 1; break;
         case O_STD: status = cli_reals("--std", optarg, 3, 1e-12, 1e9, s.std); s.have_std = 1; break;
         case 'q': s.quiet = 1; break;

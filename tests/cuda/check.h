@@ -55,6 +55,21 @@ static inline void as_activations(float *v, size_t count)
     }
 }
 
+/* Random u8 views (count bytes, channels last, c channels) from the Philox stream (seed, step), and
+ * in im the activations batcher.c makes of them, (x / 255 - mean) / std, rounded to the current
+ * precision: the GPU normalises the bytes, the CPU reference starts from im. */
+static inline void random_views(uint8_t *u8, float *im, size_t count, int c, const double mean[3],
+                                const double std[3], uint64_t seed, uint64_t step)
+{
+    rng r;
+    rng_init(&r, seed, 0, step, 0);
+    for (size_t i = 0; i < count; i++) {
+        u8[i] = (uint8_t)rng_below(&r, 256);
+        im[i] = (float)((u8[i] / 255.0 - mean[i % c]) / std[i % c]);
+    }
+    as_activations(im, count);
+}
+
 /* Largest |got - want| over the largest |want|: one figure per tensor, scale-free; NaN when either
  * side holds a NaN (fmax would drop it, and a kernel that writes NaN must not pass). */
 static inline double rel_error(const float *got, const float *want, size_t count)

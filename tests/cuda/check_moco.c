@@ -40,13 +40,7 @@ TEST(test_moco_steps_match_cpu)
     CHECK(d_buf && d_lr && d_result && u8 && im && d_u8 && d_im);
     CHECK_OK(gpu_zero(g, d_buf, sizeof(float) * np, &err), &err);
     for (int step = 0; step < STEPS; step++) {
-        rng r;
-        rng_init(&r, 12, 0, (uint64_t)step, 0);
-        for (int i = 0; i < 2 * N * VIEW; i++)
-            u8[i] = (uint8_t)rng_below(&r, 256);
-        for (int i = 0; i < 2 * N * VIEW; i++) /* batcher.c's normalisation */
-            im[i] = (float)((u8[i] / 255.0 - mean[i % C]) / stdev[i % C]);
-        as_activations(im, 2 * N * VIEW);
+        random_views(u8, im, 2 * N * VIEW, C, mean, stdev, 12, (uint64_t)step);
         int64_t perm[N];
         moco_permutation(N, 13, step, perm);
         moco_result res;

@@ -41,13 +41,7 @@ static void check_trainer(int graph)
     CHECK(u8 && im && pinned);
     static const double rates[STEPS] = {0.3, 0.2, 0.1, 0.05};
     for (int step = 0; step < STEPS; step++) {
-        rng r;
-        rng_init(&r, 22, 0, (uint64_t)step, 0);
-        for (int i = 0; i < 2 * N * VIEW; i++)
-            u8[i] = (uint8_t)rng_below(&r, 256);
-        for (int i = 0; i < 2 * N * VIEW; i++) /* batcher.c's table */
-            im[i] = (float)((u8[i] / 255.0 - mean[i % C]) / stdev[i % C]);
-        as_activations(im, 2 * N * VIEW);
+        random_views(u8, im, 2 * N * VIEW, C, mean, stdev, 22, (uint64_t)step);
         int64_t perm[N];
         moco_permutation(N, 23, step, perm);
         moco_result want, got;
@@ -111,11 +105,7 @@ TEST(test_extractor_features_match_the_cpu)
     CHECK_OK(x ? 0 : -1, &err);
     uint8_t u8[N * VIEW];
     float im[N * VIEW], got[N * 32];
-    rng r;
-    rng_init(&r, 32, 0, 0, 0);
-    for (int i = 0; i < N * VIEW; i++)
-        u8[i] = (uint8_t)rng_below(&r, 256), im[i] = (float)((u8[i] / 255.0 - mean[i % C]) / stdev[i % C]);
-    as_activations(im, N * VIEW);
+    random_views(u8, im, N * VIEW, C, mean, stdev, 32, 0);
     CHECK(net->feature_dim <= 32);
     for (int n = N; n >= N - 3; n -= 3) {
         CHECK_OK(resnet_forward(net, im, n, S, S, 0, 1, &err), &err);
