@@ -32,6 +32,7 @@ static const char usage[] =
     "  --dtype f32|f16     feature type (default f32)\n"
     "  --batch N           views per forward pass (default 256)\n"
     "  --threads N         compute threads (default: all cores)\n"
+    "  --direct-conv       CPU: direct convolution only (no Winograd; see moco-pretrain)\n"
     "  --device cpu|cuda[:N]  where the encoder runs (default cpu; cuda in builds with the CUDA backend)\n"
     "  --precision bf16|f32   GPU activations (default f32: features as the CPU computes them)\n"
     "  --mean a,b,c --std a,b,c   normalisation (default: the stream's header)\n"
@@ -111,20 +112,20 @@ int main(int argc, char **argv)
 {
     cli_init("moco-extract");
     enum { O_PART = 256, O_PREFIX, O_VIEW, O_DTYPE, O_BATCH, O_THREADS, O_DEVICE, O_PRECISION, O_MEAN, O_STD, O_LEVEL,
-           O_HELP, O_VERSION };
+           O_DIRECT, O_HELP, O_VERSION };
     static const struct option options[] = {
         {"part", required_argument, 0, O_PART}, {"prefix", required_argument, 0, O_PREFIX},
         {"view", required_argument, 0, O_VIEW}, {"dtype", required_argument, 0, O_DTYPE},
         {"batch", required_argument, 0, O_BATCH}, {"threads", required_argument, 0, O_THREADS},
         {"device", required_argument, 0, O_DEVICE}, {"precision", required_argument, 0, O_PRECISION},
-        {"mean", required_argument, 0, O_MEAN},
+        {"mean", required_argument, 0, O_MEAN}, {"direct-conv", no_argument, 0, O_DIRECT},
         {"std", required_argument, 0, O_STD}, {"out", required_argument, 0, 'o'},
         {"level", required_argument, 0, O_LEVEL}, {"quiet", no_argument, 0, 'q'},
         {"help", no_argument, 0, O_HELP}, {"version", no_argument, 0, O_VERSION}, {0, 0, 0, 0},
     };
     const char *part = "encoder_q", *prefix = NULL, *out_path = NULL;
     int64_t view = 0, batch_size = 256, threads = cli_default_threads(), level = -1000, c, status = 0;
-    int f16 = 0, quiet = 0, have_mean = 0, have_std = 0, device = -1, device_given = 0, bf16 = 0;
+    int f16 = 0, quiet = 0, direct_conv = 0, have_mean = 0, have_std = 0, device = -1, device_given = 0, bf16 = 0;
     double mean[3], std[3];
     while ((c = getopt_long(argc, argv, "o:q", options, NULL)) != -1 && !status) {
         switch (c) {
@@ -144,6 +145,7 @@ int main(int argc, char **argv)
         case O_THREADS: status = cli_int("--threads", optarg, 1, 4096, &threads); break;
         case O_DEVICE: status = cli_device(optarg, &device, &device_given); break;
         case O_PRECISION: status = cli_precision(optarg, &bf16); break;
+        case O_DIRECT: direct_conv = 1; break;
         case O_MEAN: status = cli_reals("--mean", optarg, 3, -1e9, 1e9, mean); have_mean = 1; break;
         case O_STD: status = cli_reals("--std", optarg, 3, 1e-12, 1e9, std); have_std = 1; break;
         case 'o': out_path = optarg; break;
@@ -166,6 +168,7 @@ int main(int argc, char **argv)
     backend *be = backend_create((int)threads, &err);
     if (!be)
         return cli_error("%s", err.msg);
+    backend_set_winograd(be, !direct_conv);
     resnet *net = load_model(be, model_path, part, prefix, &err);
     stream_reader *in = net ? stream_reader_open(in_path, NULL, &err) : NULL;
     if (!in) {

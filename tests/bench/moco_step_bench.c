@@ -4,14 +4,15 @@
  *   moco_step_bench [--arch resnet18] [--cifar-stem] [--width 64] [--in-channels 3] [--size 224]
  *                   [--batch 256] [--dim 128] [--K 65536] [--m 0.999] [--T 0.2] [--bn-groups 1]
  *                   [--warmup 5] [--steps 20] [--threads 0] [--device cpu|cuda] [--precision bf16|f32]
- *                   [--no-cuda-graph]
+ *                   [--no-cuda-graph] [--direct-conv]
  * As the peer does by default, each step takes random u8 view pairs already in memory, normalises
  * them (here u8 NHWC -> f32 NHWC, as moco-pretrain does), runs the MoCo step and an SGD step
  * (lr 0.03, momentum 0.9, weight decay 1e-4). Prints one JSON line: pairs_per_s (batch over the
  * median step time), step_ms, loss, and peak_rss_mib (the process's maximum resident size).
  * --device cuda (builds with the CUDA backend): the same step through its trainer, as moco-pretrain
  * --device cuda runs it (u8 views uploaded and normalised on the GPU, the step, SGD, the loss read
- * back), with peak_gpu_gib, the device memory it allocated at most. */
+ * back), with peak_gpu_gib, the device memory it allocated at most. --direct-conv: the CPU backend
+ * without Winograd convolutions. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -55,7 +56,7 @@ int main(int argc, char **argv)
     int64_t width = 64, in_c = 3, size = 224, batch = 256, dim = 128, K = 65536, groups = 1, warmup = 5, steps = 20,
             threads = 0;
     double m = 0.999, T = 0.2;
-    int cuda = 0, bf16 = 1, graph = 1;
+    int cuda = 0, bf16 = 1, graph = 1, winograd = 1;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         int bad = 0;
@@ -65,6 +66,10 @@ int main(int argc, char **argv)
         }
         if (!strcmp(a, "--no-cuda-graph")) {
             graph = 0;
+            continue;
+        }
+        if (!strcmp(a, "--direct-conv")) {
+            winograd = 0;
             continue;
         }
         if (!v)
@@ -109,6 +114,7 @@ int main(int argc, char **argv)
     backend *b = backend_create((int)threads, &err);
     if (!b)
         return cli_error("%s", err.msg);
+    backend_set_winograd(b, winograd);
     resnet_config enc = {.depth = resnet_depth_from_name(arch), .width = (int)width, .in_channels = (int)in_c,
                          .cifar_stem = cifar, .head = RESNET_HEAD_MLP, .out_dim = (int)dim};
     moco_config cfg = {.queue_size = (int)K, .key_momentum = m, .temperature = T, .bn_groups = (int)groups};
@@ -182,10 +188,10 @@ int main(int argc, char **argv)
     struct rusage ru;
     getrusage(RUSAGE_SELF, &ru);
     printf("{\"impl\":\"libcommon-cpu\",\"arch\":\"%s\",\"cifar_stem\":%s,\"width\":%lld,\"in_channels\":%lld,"
-           "\"size\":%lld,\"batch\":%lld,\"K\":%lld,\"bn_groups\":%lld,\"threads\":%d,\"step_ms\":%.2f,"
-           "\"pairs_per_s\":%.1f,\"loss\":%.4f,\"peak_rss_mib\":%.1f}\n",
+           "\"size\":%lld,\"batch\":%lld,\"K\":%lld,\"bn_groups\":%lld,\"threads\":%d,\"winograd\":%s,"
+           "\"step_ms\":%.2f,\"pairs_per_s\":%.1f,\"loss\":%.4f,\"peak_rss_mib\":%.1f}\n",
            arch, cifar ? "true" : "false", (long long)width, (long long)in_c, (long long)size, (long long)batch,
-           (long long)K, (long long)groups, backend_threads(b), med * 1e3, batch / med, res.loss, ru.ru_maxrss / 1024.0);
+           (long long)K, (long long)groups, backend_threads(b), winograd ? "true" : "false", med * 1e3, batch / med, res.loss, ru.ru_maxrss / 1024.0);
     free(raw), free(im_q), free(im_k), free(perm), free(times);
     sgd_free(&opt);
     moco_destroy(net);

@@ -145,6 +145,10 @@ if /usr/bin/python3 -c 'import torch, torchvision' 2>/dev/null; then
             "$(get peak_rss_mib "$o")" "$(get peak_rss_mib "$p")"
     }
     step_row "ResNet-18 CIFAR stem, 32 px, batch 64, K 65536 (pairs/s)" --arch resnet18 --cifar-stem --size 32 --batch 64
+    o=$("$build/bench/moco_step_bench" --arch resnet18 --cifar-stem --size 32 --batch 64 --direct-conv \
+        --threads "$cores" --warmup 2 --steps "$steps")
+    printf "%-58s %9s\n" "  the same, ours with --direct-conv (no Winograd)" \
+        "$(echo "$o" | sed -n 's/.*"pairs_per_s": *\([0-9.]*\).*/\1/p')"
     step_row "demo: width 16, 28 px grey, batch 256, K 4096, G 4" --arch resnet18 --cifar-stem --width 16 \
         --in-channels 1 --size 28 --batch 256 --K 4096 --m 0.99 --bn-groups 4
 else

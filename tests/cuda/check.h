@@ -131,6 +131,7 @@ static inline void *dev_act(const float *host, size_t count)
             printf("FAIL backend_create: %s\n", err.msg);                                          \
             return 1;                                                                              \
         }                                                                                          \
+        backend_set_winograd(be, 0); /* the reference: direct convolution, as cuDNN's in f32 */    \
         for (int p = GPU_F32; p <= GPU_BF16; p++) {                                                \
             if (!(g = gpu_create(0, (gpu_precision)p, &err))) {                                    \
                 printf("FAIL gpu_create: %s\n", err.msg);                                          \

@@ -42,6 +42,16 @@ expect checkpoint_names_are_torchvision_s 0 '' -- "$I --head 1000 $T/a/last.tsz"
 check checkpoint_tensors "grep -q 'encoder_q.conv1.weight' $T/out && grep -q 'encoder_q.layer4.1.bn2.running_var' $T/out && grep -q 'encoder_q.fc.2.weight' $T/out && grep -q 'encoder_k.fc.0.bias' $T/out && grep -q 'momentum_buffer.layer1.0.conv1.weight' $T/out && grep -q 'queue' $T/out && grep -q 'encoder_q.bn1.num_batches_tracked' $T/out"
 expect same_run_same_bytes 0 '' -- "$P -q $MODEL --out $T/a2 --save-every 0 $T/pairs.tsz"
 check deterministic_with_seed "[ \"\$(digest $T/a/last.tsz)\" = \"\$(digest $T/a2/last.tsz)\" ]"
+# --direct-conv: layer4's 32-channel convolutions without Winograd: other rounding, the same loss
+# to ~1e-5 over three steps
+expect direct_conv_trains 0 '' -- "$P -q $MODEL --max-steps 3 --out $T/w --log $T/w.jsonl --log-every 1 $T/pairs.tsz && $P -q $MODEL --direct-conv --max-steps 3 --out $T/d --log $T/d.jsonl --log-every 1 $T/pairs.tsz"
+check direct_conv_rounds_otherwise "[ \"\$(digest $T/w/last.tsz)\" != \"\$(digest $T/d/last.tsz)\" ]"
+check direct_conv_same_loss "$PY -c '
+import json, sys
+w = [json.loads(l)[\"loss\"] for l in open(\"$T/w.jsonl\")]
+d = [json.loads(l)[\"loss\"] for l in open(\"$T/d.jsonl\")]
+assert len(w) == len(d) == 3 and max(abs(a - b) for a, b in zip(w, d)) < 1e-3, (w, d)
+'"
 
 # SIGKILL mid-epoch: the input stalls after ~10 steps (a pipe fed 45% of the file), the run is
 # killed there, resumed from its epoch-1 checkpoint on the whole file, and must end bit-exact.

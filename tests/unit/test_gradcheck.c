@@ -170,17 +170,19 @@ static double conv_loss(void *ctx)
 TEST(test_conv2d_backward_matches_finite_differences)
 {
     /* every convolution shape of a ResNet: 3x3/1, 3x3/2 (odd input: the last window hangs over the
-     * padding), 1x1/2 downsample, 7x7/2 stem */
+     * padding), 1x1/2 downsample, 7x7/2 stem, and 3x3/1 with channels enough for Winograd */
     static const struct {
         int in_c, out_c, kernel, stride, pad, n, size;
-    } cases[] = {{3, 4, 3, 1, 1, 2, 6}, {4, 5, 3, 2, 1, 2, 7}, {4, 6, 1, 2, 0, 3, 6}, {3, 4, 7, 2, 3, 2, 9}};
-    static float x[1024], weight[1024], y[1024], r[1024], dx[1024], dweight[1024];
+    } cases[] = {{3, 4, 3, 1, 1, 2, 6}, {4, 5, 3, 2, 1, 2, 7}, {4, 6, 1, 2, 0, 3, 6}, {3, 4, 7, 2, 3, 2, 9},
+                 {32, 48, 3, 1, 1, 2, 5}};
+    enum { MAX = 16384 };
+    static float x[MAX], weight[MAX], y[MAX], r[MAX], dx[MAX], dweight[MAX];
     for (size_t k = 0; k < sizeof cases / sizeof *cases; k++) {
         moco_error err = {{0}};
         int ic = cases[k].in_c, oc = cases[k].out_c, ks = cases[k].kernel, n = cases[k].n, s = cases[k].size;
         int os = conv2d_out_size(s, ks, cases[k].stride, cases[k].pad);
         size_t nx = (size_t)n * s * s * ic, nw = (size_t)oc * ic * ks * ks, ny = (size_t)n * os * os * oc;
-        CHECK(nx <= 1024 && nw <= 1024 && ny <= 1024);
+        CHECK(nx <= MAX && nw <= MAX && ny <= MAX);
         conv2d *conv = conv2d_create(be, ic, oc, ks, cases[k].stride, cases[k].pad, &err);
         CHECK_OK(conv ? 0 : -1, &err);
         fill_normal(x, nx, 100 + k, 0, 1);
@@ -200,6 +202,48 @@ TEST(test_conv2d_backward_matches_finite_differences)
         CHECK_GRADIENTS(&gx, what, 1e-3, 0);
         snprintf(what, sizeof what, "conv %dx%d/%d dweight", ks, ks, cases[k].stride);
         CHECK_GRADIENTS(&gw, what, 1e-3, 0);
+    }
+}
+
+/* Winograd's F(4x4, 3x3) against direct convolution on the same layers: forward, dx and dweight
+ * within 1e-5 (relative to each tensor's largest value); odd and even sizes, one and several tiles. */
+TEST(test_conv2d_winograd_matches_direct)
+{
+    static const struct {
+        int in_c, out_c, n, size;
+    } cases[] = {{32, 32, 4, 8}, {48, 64, 2, 7}, {64, 32, 3, 13}};
+    enum { MAX = 65536 };
+    static float x[MAX], weight[MAX], r[MAX], out[2][3][MAX];
+    for (size_t k = 0; k < sizeof cases / sizeof *cases; k++) {
+        moco_error err = {{0}};
+        int ic = cases[k].in_c, oc = cases[k].out_c, n = cases[k].n, s = cases[k].size;
+        size_t nx = (size_t)n * s * s * ic, nw = (size_t)oc * ic * 9, ny = (size_t)n * s * s * oc;
+        CHECK(nx <= MAX && nw <= MAX && ny <= MAX);
+        fill_normal(x, nx, 600 + k, 0, 1);
+        fill_normal(weight, nw, 700 + k, 0, 0.1);
+        fill_normal(r, ny, 800 + k, 0, 1);
+        const char *algorithm[2];
+        for (int wino = 0; wino < 2; wino++) {
+            backend_set_winograd(be, wino);
+            conv2d *conv = conv2d_create(be, ic, oc, 3, 1, 1, &err);
+            CHECK_OK(conv ? 0 : -1, &err);
+            CHECK_OK(conv2d_forward(conv, x, n, s, s, weight, out[wino][0], &err), &err);
+            CHECK_OK(conv2d_backward(conv, x, weight, r, out[wino][1], out[wino][2], &err), &err);
+            algorithm[wino] = conv2d_algorithm(conv);
+            conv2d_destroy(conv);
+        }
+        backend_set_winograd(be, 1);
+        CHECK(!strcmp(algorithm[0], "direct"));
+        printf("# conv %d->%d %dx%d: %s\n", ic, oc, s, s, algorithm[1]);
+        const size_t counts[3] = {ny, nx, nw};
+        for (int t = 0; t < 3; t++) {
+            double worst = 0, scale = 0;
+            for (size_t i = 0; i < counts[t]; i++) {
+                worst = fmax(worst, fabs((double)out[1][t][i] - out[0][t][i]));
+                scale = fmax(scale, fabs((double)out[0][t][i]));
+            }
+            CHECK(worst <= 1e-5 * scale);
+        }
     }
 }
 
@@ -681,6 +725,7 @@ int main(void)
         return 1;
     }
     RUN(test_conv2d_backward_matches_finite_differences);
+    RUN(test_conv2d_winograd_matches_direct);
     RUN(test_batchnorm_backward_matches_finite_differences);
     RUN(test_batchnorm_relu_backward_matches_finite_differences);
     RUN(test_batchnorm_groups_normalise_each_slice_alone);
