@@ -187,7 +187,8 @@ struct conv2d {
     /* Winograd: the primitives run on blocked (nChw16c) copies of the NHWC tensors, made in the
      * backend's shared buffers: input-shaped (x, dx) in blocked[0], output-shaped (y, dy) in
      * blocked[1]. NULL reorders: the primitives take NHWC directly (direct convolution). */
-    dnnl_primitive_t src_to_blocked, blocked_to_src, dst_to_blocked, blocked_to_dst;
+    int winograd;
+    dnnl_primitive_t src_to_blocked, blocked_to_src, dst_to_blocked, blocked_to_dst; /* NULL: same bytes */
     dnnl_memory_t blocked_src, blocked_dst;
     size_t blocked_src_bytes, blocked_dst_bytes;
 };
@@ -225,6 +226,7 @@ static void conv2d_release(conv2d *c)
     free(c->diff_weights_buf);
     c->fwd_weights_buf = c->bwd_weights_buf = c->diff_weights_buf = NULL;
     c->n = 0;
+    c->winograd = 0;
 }
 
 void conv2d_destroy(conv2d *c)
@@ -330,6 +332,17 @@ static dnnl_status_t conv_pds(conv2d *c, dnnl_alg_kind_t alg, const dnnl_memory_
     return st;
 }
 
+/* Whether a blocked activation layout puts every element where NHWC does: one block of all C
+ * channels (nChw16c with C = 16), so the tensor serves as it is, without a copy. */
+static int nhwc_bytes(const dnnl_memory_desc_t *md)
+{
+    const dnnl_blocking_desc_t *bk = &md->format_desc.blocking;
+    const dnnl_dim_t *d = md->dims;
+    return md->format_kind == dnnl_blocked && md->ndims == 4 && md->offset0 == 0 && bk->inner_nblks == 1 &&
+           bk->inner_idxs[0] == 1 && bk->inner_blks[0] == d[1] && md->padded_dims[1] == d[1] &&
+           bk->strides[0] == d[1] * d[2] * d[3] && bk->strides[2] == d[1] * d[3] && bk->strides[3] == d[1];
+}
+
 /* Build forward, backward-data and backward-weights primitives for input (n, h, w): Winograd for
  * 3x3 stride-1 layers where oneDNN offers it (F(4x4, 3x3): about 2.2x fewer seconds than direct
  * for ResNet-18's 64-512 channel layers here, relative error ~1e-6), direct convolution otherwise. */
@@ -351,10 +364,8 @@ static int conv2d_prepare(conv2d *c, int n, int h, int w, moco_error *err)
 
     dnnl_primitive_desc_t pd[3] = {NULL, NULL, NULL};
     int rc = MOCO_ERR, wino = 0;
-    /* With fewer than 32 channels the blocked copies cost what the transform saves, and below
-     * 16 the tiles are mostly padding (the demo's 16-channel layers: 15.7 against 13.3 ms). */
-    if (b->winograd && c->kernel == 3 && c->stride == 1 && c->in_c >= 32 && c->out_c >= 32 &&
-        c->in_c % 16 == 0 && c->out_c % 16 == 0) {
+    /* Channels in whole blocks of 16: below that the tiles are mostly padding. */
+    if (b->winograd && c->kernel == 3 && c->stride == 1 && c->in_c % 16 == 0 && c->out_c % 16 == 0) {
         dnnl_memory_desc_t any_src, any_dst;
         dnnl_dims_t sd = {n, c->in_c, h, w}, dd = {n, c->out_c, oh, ow};
         dnnl_memory_desc_init_by_tag(&any_src, 4, sd, dnnl_f32, dnnl_format_tag_any);
@@ -380,10 +391,11 @@ static int conv2d_prepare(conv2d *c, int n, int h, int w, moco_error *err)
     if (wino) {
         const dnnl_memory_desc_t *bs = dnnl_primitive_desc_query_md(pd[0], dnnl_query_src_md, 0);
         const dnnl_memory_desc_t *bd = dnnl_primitive_desc_query_md(pd[0], dnnl_query_dst_md, 0);
-        if (make_reorder(b, &src_md, bs, &c->src_to_blocked, err) ||
-            make_reorder(b, bs, &src_md, &c->blocked_to_src, err) ||
-            make_reorder(b, &dst_md, bd, &c->dst_to_blocked, err) ||
-            make_reorder(b, bd, &dst_md, &c->blocked_to_dst, err) ||
+        c->winograd = 1;
+        if ((!nhwc_bytes(bs) && (make_reorder(b, &src_md, bs, &c->src_to_blocked, err) ||
+                                 make_reorder(b, bs, &src_md, &c->blocked_to_src, err))) ||
+            (!nhwc_bytes(bd) && (make_reorder(b, &dst_md, bd, &c->dst_to_blocked, err) ||
+                                 make_reorder(b, bd, &dst_md, &c->blocked_to_dst, err))) ||
             !(c->blocked_src = unbound(b, bs)) || !(c->blocked_dst = unbound(b, bd))) {
             if (!err->msg[0])
                 moco_fail(err, "oneDNN: cannot create convolution memories");
@@ -420,9 +432,11 @@ done:
 static dnnl_memory_t activation(conv2d *c, int which, const float *t, int copy_in, moco_error *err)
 {
     dnnl_memory_t user = which ? c->dst : c->src;
-    if (!c->src_to_blocked)
+    if (!c->winograd)
         return bind(user, t);
     dnnl_memory_t blocked = which ? c->blocked_dst : c->blocked_src;
+    if (!(which ? c->dst_to_blocked : c->src_to_blocked))
+        return bind(blocked, t); /* 16 channels: the tensor's own bytes */
     void *buf = blocked_buffer(c->b, which, which ? c->blocked_dst_bytes : c->blocked_src_bytes, err);
     if (!buf)
         return NULL;
@@ -434,7 +448,7 @@ static dnnl_memory_t activation(conv2d *c, int which, const float *t, int copy_i
 /* After a primitive wrote a Winograd blocked copy: back into the NHWC tensor t. */
 static int activation_out(conv2d *c, int which, float *t, moco_error *err)
 {
-    if (!c->src_to_blocked)
+    if (!c->winograd || !(which ? c->blocked_to_dst : c->blocked_to_src))
         return MOCO_OK;
     return reorder(c->b, which ? c->blocked_to_dst : c->blocked_to_src, which ? c->blocked_dst : c->blocked_src,
                    c->b->blocked[which], which ? c->dst : c->src, t, err);
@@ -442,7 +456,7 @@ static int activation_out(conv2d *c, int which, float *t, moco_error *err)
 
 const char *conv2d_algorithm(const conv2d *c)
 {
-    return !c->n ? "none" : c->src_to_blocked ? "winograd" : "direct";
+    return !c->n ? "none" : c->winograd ? "winograd" : "direct";
 }
 
 int conv2d_forward(conv2d *c, const float *x, int n, int h, int w, const float *weight, float *y,

@@ -25,8 +25,9 @@ typedef struct backend backend;
 backend *backend_create(int threads, moco_error *err);
 void backend_destroy(backend *b);
 int backend_threads(const backend *b);
-/* 3x3 stride-1 convolutions by Winograd's F(4x4, 3x3) where oneDNN offers it (on by default: about
- * 2.2x faster than direct on ResNet layers, relative error ~1e-6); off: direct convolution only. */
+/* 3x3 stride-1 convolutions with channels in multiples of 16 by Winograd's F(4x4, 3x3) where
+ * oneDNN offers it (on by default: about 2.2x faster than direct on ResNet layers, relative error
+ * ~1e-6); off: direct convolution only. */
 void backend_set_winograd(backend *b, int on);
 
 /* ---- convolution without bias (all ResNet convolutions) ----

@@ -206,12 +206,13 @@ TEST(test_conv2d_backward_matches_finite_differences)
 }
 
 /* Winograd's F(4x4, 3x3) against direct convolution on the same layers: forward, dx and dweight
- * within 1e-5 (relative to each tensor's largest value); odd and even sizes, one and several tiles. */
+ * within 1e-5 (relative to each tensor's largest value); odd and even sizes, one and several tiles,
+ * 16-channel sides used in place (their blocked layout is NHWC's) and copied ones. */
 TEST(test_conv2d_winograd_matches_direct)
 {
     static const struct {
         int in_c, out_c, n, size;
-    } cases[] = {{32, 32, 4, 8}, {48, 64, 2, 7}, {64, 32, 3, 13}};
+    } cases[] = {{32, 32, 4, 8}, {48, 64, 2, 7}, {64, 32, 3, 13}, {16, 16, 3, 9}, {16, 32, 2, 6}, {32, 16, 2, 6}};
     enum { MAX = 65536 };
     static float x[MAX], weight[MAX], r[MAX], out[2][3][MAX];
     for (size_t k = 0; k < sizeof cases / sizeof *cases; k++) {
