@@ -1,6 +1,7 @@
 /* linear_eval.c — see linear_eval.h. */
 #include "linear_eval.h"
 
+#include <cblas.h>
 #include <lbfgs.h>
 #include <math.h>
 #include <stdlib.h>
@@ -338,7 +339,10 @@ int linear_scores_add_source(linear_scores *s, classifier *c, feature_source *sr
 
 /* ---- the L-BFGS objective ---- */
 
-enum { CHUNK = 1024 }; /* rows per product: bounded memory whatever N is */
+/* Rows per product (bounded memory whatever N is), and chunks per wave: the chunks of a wave run on
+ * the threads at once, each into its own buffers, and are then added up in chunk order, so the sums
+ * are the same whatever the thread count (and as one chunk after another would make them). */
+enum { CHUNK = 1024, WAVE = 8 };
 
 typedef struct {
     const classifier *c;
@@ -347,10 +351,10 @@ typedef struct {
     int64_t n;
     double l2;
     float *w;            /* parameters as float, [weight | bias] */
-    float *logits;       /* (CHUNK, classes), then their gradient */
-    float *dweight;      /* (classes, in) of one chunk */
-    float *dbias;        /* classes */
-    double *row_loss;    /* CHUNK */
+    float *logits;       /* WAVE x (CHUNK, classes), then their gradient */
+    float *dweight;      /* WAVE x (classes, in): each chunk's */
+    float *dbias;        /* WAVE x classes */
+    double *chunk_loss;  /* WAVE: each chunk's summed loss */
     const linear_lbfgs_options *o;
     int evaluations, iterations;
 } objective_ws;
@@ -360,11 +364,11 @@ static int ws_init(objective_ws *ws, const classifier *c, const float *x, const 
 {
     *ws = (objective_ws){.c = c, .x = x, .labels = labels, .n = n, .l2 = l2};
     ws->w = malloc(sizeof(float) * c->param_count);
-    ws->logits = malloc(sizeof(float) * (size_t)CHUNK * c->classes);
-    ws->dweight = malloc(sizeof(float) * (size_t)c->classes * c->in);
-    ws->dbias = malloc(sizeof(float) * (size_t)c->classes);
-    ws->row_loss = malloc(sizeof(double) * CHUNK);
-    if (!ws->w || !ws->logits || !ws->dweight || !ws->dbias || !ws->row_loss)
+    ws->logits = malloc(sizeof(float) * WAVE * (size_t)CHUNK * c->classes);
+    ws->dweight = malloc(sizeof(float) * WAVE * (size_t)c->classes * c->in);
+    ws->dbias = malloc(sizeof(float) * WAVE * (size_t)c->classes);
+    ws->chunk_loss = malloc(sizeof(double) * WAVE);
+    if (!ws->w || !ws->logits || !ws->dweight || !ws->dbias || !ws->chunk_loss)
         return moco_fail(err, "out of memory for the L-BFGS objective (%d x %d)", c->classes, c->in);
     if (n < 1)
         return moco_fail(err, "no samples to fit");
@@ -381,7 +385,7 @@ static void ws_free(objective_ws *ws)
     free(ws->logits);
     free(ws->dweight);
     free(ws->dbias);
-    free(ws->row_loss);
+    free(ws->chunk_loss);
 }
 
 /* f and its gradient at ws->w (float parameters); grad (double, param_count) may be NULL. */
@@ -394,25 +398,46 @@ static double evaluate(objective_ws *ws, double *grad)
     if (grad)
         memset(grad, 0, sizeof(double) * c->param_count);
     double total = 0;
-    for (int64_t start = 0; start < ws->n; start += CHUNK) {
-        int m = (int)(ws->n - start < CHUNK ? ws->n - start : CHUNK);
-        const float *x = ws->x + (size_t)start * in;
-        const int64_t *labels = ws->labels + start;
-        linear_forward(x, m, in, k, weight, bias, ws->logits);
-        float scale = (float)(1.0 / (double)ws->n);
-#pragma omp parallel for schedule(static)
-        for (int i = 0; i < m; i++) {
-            float *row = ws->logits + (size_t)i * k; /* becomes d f / d logits */
-            ws->row_loss[i] = softmax_cross_entropy_row(row, k, labels[i], scale, row);
+    float scale = (float)(1.0 / (double)ws->n);
+    int64_t chunks = (ws->n + CHUNK - 1) / CHUNK;
+    for (int64_t first = 0; first < chunks; first += WAVE) {
+        int wave = (int)(chunks - first < WAVE ? chunks - first : WAVE);
+#pragma omp parallel for schedule(dynamic, 1)
+        for (int j = 0; j < wave; j++) {
+            int64_t start = (first + j) * CHUNK;
+            int m = (int)(ws->n - start < CHUNK ? ws->n - start : CHUNK);
+            const float *x = ws->x + (size_t)start * in;
+            const int64_t *labels = ws->labels + start;
+            float *logits = ws->logits + (size_t)j * CHUNK * k; /* becomes d f / d logits */
+            /* whole-chunk products, one sgemm each: the same blocking (and bits) on any thread */
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, m, k, in, 1.0f, x, in, weight, in, 0.0f, logits, k);
+            for (int i = 0; i < m; i++)
+                for (int c2 = 0; c2 < k; c2++)
+                    logits[(size_t)i * k + c2] += bias[c2];
+            double loss = 0;
+            for (int i = 0; i < m; i++)
+                loss += softmax_cross_entropy_row(logits + (size_t)i * k, k, labels[i], scale, logits + (size_t)i * k);
+            ws->chunk_loss[j] = loss;
+            if (grad) {
+                float *dw = ws->dweight + (size_t)j * nw, *db = ws->dbias + (size_t)j * k;
+                cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, k, in, m, 1.0f, logits, k, x, in, 0.0f, dw, in);
+                for (int c2 = 0; c2 < k; c2++) {
+                    float sum = 0;
+                    for (int i = 0; i < m; i++)
+                        sum += logits[(size_t)i * k + c2];
+                    db[c2] = sum;
+                }
+            }
         }
-        for (int i = 0; i < m; i++) /* a fixed order: the same sum whatever the thread count */
-            total += ws->row_loss[i];
-        if (grad) {
-            linear_backward(x, ws->logits, m, in, k, weight, NULL, ws->dweight, ws->dbias);
-            for (size_t i = 0; i < nw; i++)
-                grad[i] += ws->dweight[i];
-            for (int j = 0; j < k; j++)
-                grad[nw + j] += ws->dbias[j];
+        for (int j = 0; j < wave; j++) { /* in chunk order */
+            total += ws->chunk_loss[j];
+            if (grad) {
+                const float *dw = ws->dweight + (size_t)j * nw, *db = ws->dbias + (size_t)j * k;
+                for (size_t i = 0; i < nw; i++)
+                    grad[i] += dw[i];
+                for (int c2 = 0; c2 < k; c2++)
+                    grad[nw + c2] += db[c2];
+            }
         }
     }
     double f = total / (double)ws->n, sq = 0;
@@ -523,5 +548,62 @@ int linear_lbfgs(classifier *c, const float *x, const int64_t *labels, int64_t n
     }
     lbfgs_free(p);
     ws_free(&ws);
+    return rc;
+}
+
+/* ---- choosing lambda on held-out samples ---- */
+
+int linear_lbfgs_select_l2(classifier *c, const feature_set *d, const double *l2, int count, double holdout,
+                           uint64_t seed, const linear_lbfgs_options *o, double *holdout_top1, int *best,
+                           moco_error *err)
+{
+    int64_t n_hold = (int64_t)llround(holdout * (double)d->n);
+    if (count < 1)
+        return moco_fail(err, "no l2 values to choose from");
+    if (!(holdout > 0 && holdout < 1) || n_hold < 1 || n_hold >= d->n)
+        return moco_fail(err, "a held-out share of %g leaves no samples on one side of %lld", holdout,
+                         (long long)d->n);
+    size_t dim = (size_t)d->dim;
+    feature_set fit = {.n = d->n - n_hold, .dim = d->dim}, held = {.n = n_hold, .dim = d->dim};
+    int64_t *perm = malloc(sizeof *perm * (size_t)d->n);
+    fit.x = malloc(sizeof(float) * dim * (size_t)fit.n);
+    held.x = malloc(sizeof(float) * dim * (size_t)held.n);
+    fit.labels = malloc(sizeof(int64_t) * (size_t)fit.n);
+    held.labels = malloc(sizeof(int64_t) * (size_t)held.n);
+    linear_scores sc = {0};
+    int rc = MOCO_ERR;
+    if (!perm || !fit.x || !held.x || !fit.labels || !held.labels) {
+        moco_fail(err, "out of memory for a held-out split of %lld samples", (long long)d->n);
+        goto done;
+    }
+    /* a seeded permutation (the stream "epoch" -1, apart from SGD's epochs): its first n_hold are held out */
+    linear_eval_permutation(seed, -1, d->n, perm);
+    for (int64_t i = 0; i < d->n; i++) {
+        feature_set *to = i < n_hold ? &held : &fit;
+        int64_t at = i < n_hold ? i : i - n_hold;
+        memcpy(to->x + (size_t)at * dim, d->x + (size_t)perm[i] * dim, sizeof(float) * dim);
+        to->labels[at] = d->labels[perm[i]];
+    }
+    *best = 0;
+    for (int k = 0; k < count; k++) {
+        linear_lbfgs_options ok = *o;
+        ok.l2 = l2[k];
+        linear_lbfgs_result res;
+        memset(c->param, 0, sizeof(float) * c->param_count);
+        if (linear_lbfgs(c, fit.x, fit.labels, fit.n, &ok, &res, err) || linear_scores_init(&sc, c->classes, err) ||
+            linear_scores_add_set(&sc, c, &held, err)) {
+            moco_prefix(err, "l2 %g on the held-out split", l2[k]);
+            goto done;
+        }
+        holdout_top1[k] = 100.0 * (double)sc.top1 / (double)sc.n;
+        linear_scores_free(&sc);
+        /* the best score; on a tie the larger lambda, the smoother model */
+        if (holdout_top1[k] > holdout_top1[*best] || (holdout_top1[k] == holdout_top1[*best] && l2[k] > l2[*best]))
+            *best = k;
+    }
+    rc = MOCO_OK;
+done:
+    linear_scores_free(&sc);
+    free(perm), free(fit.x), free(held.x), free(fit.labels), free(held.labels);
     return rc;
 }

@@ -125,6 +125,14 @@ typedef struct {
  * the solution is left in c. */
 int linear_lbfgs(classifier *c, const float *x, const int64_t *labels, int64_t n, const linear_lbfgs_options *o,
                  linear_lbfgs_result *res, moco_error *err);
+/* Choose lambda among l2[0..count-1] on held-out samples: a permutation seeded by `seed` sets aside
+ * round(holdout * n) samples of d (0 < holdout < 1), L-BFGS fits each lambda from zero on the rest (o
+ * gives the other options), and the best top-1 on the held-out samples wins (a tie: the larger
+ * lambda). holdout_top1[k] gets each score (percent), *best the winner's index; c is left with the
+ * last fit (refit on all of d with the winner). */
+int linear_lbfgs_select_l2(classifier *c, const feature_set *d, const double *l2, int count, double holdout,
+                           uint64_t seed, const linear_lbfgs_options *o, double *holdout_top1, int *best,
+                           moco_error *err);
 /* The objective at c's parameters; grad (may be NULL) gets its gradient, [weight | bias] as c->param. */
 int linear_objective(const classifier *c, const float *x, const int64_t *labels, int64_t n, double l2,
                      double *objective, double *grad, moco_error *err);

@@ -44,7 +44,9 @@ static const char usage[] =
     "  --streaming           train batch by batch as records arrive (default when the header's epochs > 1)\n"
     "  --in-memory           load every record, then run E epochs in a fresh order each (default otherwise)\n"
     "L-BFGS:\n"
-    "  --l2 LAMBDA           (default 1e-4); --max-iter N (default 500); --tol EPS (default 1e-5)\n"
+    "  --l2 LAMBDA[,...]     (default 1e-4); several: the one with the best top-1 on a held-out share of\n"
+    "                        TRAIN (--holdout F, default 0.1; split by --seed), then refit on all of TRAIN\n"
+    "  --max-iter N          (default 500); --tol EPS (default 1e-5)\n"
     "Both:\n"
     "  --standardize         per-feature mean/std of TRAIN, applied to TRAIN and --val (in memory only)\n"
     "  --classes N           class count when the header names none (else 1 + the largest label)\n"
@@ -52,7 +54,7 @@ static const char usage[] =
     "  --confusion           per-class table and confusion matrix in the text even beyond 20 classes\n"
     "  --log FILE            JSON lines: one per epoch (sgd) or iteration (lbfgs)\n"
     "  --save FILE           the classifier as safetensors: fc.weight, fc.bias (+ feature_mean/std)\n"
-    "  --threads N           at most N (default: all cores; products under 2^24 multiply-adds use one)\n"
+    "  --threads N           at most N (default: all cores; SGD products under 2^24 multiply-adds use one)\n"
     "  --device cpu|cuda[:N] where the SGD steps run (default cpu; cuda in builds with the CUDA backend)\n"
     "  -q, --quiet           no progress bar or epoch lines\n"
     "      --help, --version\n"
@@ -62,13 +64,17 @@ static const char usage[] =
     "  moco-augment --recipe lincls --epochs 100 train/ | moco-extract run/last.tsz |\n"
     "    moco-linear --val val.feat -                          (the exact protocol, streaming)\n"
     "  moco-linear --solver lbfgs --standardize --val fmnist/test fmnist/train   (raw-pixel baseline)\n"
+    "  moco-linear --solver lbfgs --standardize --l2 1e-5,1e-4,1e-3 --val test.feat train.feat\n"
     "Exit status: 0 done, 1 failure (bad input, a loss that is not finite), 2 usage error.\n";
 
 typedef struct {
     const char *train, *val, *report, *log, *save, *milestones;
     int lbfgs, standardize, confusion, quiet, mode; /* mode: 0 auto, 1 streaming, 2 in memory */
     int device, device_given;                         /* -1: the CPU; else cuda:device (SGD only) */
-    double lr, momentum, wd, l2, tol;
+    double lr, momentum, wd, l2, tol, holdout;
+    double l2_list[16];  /* --l2 values; several: chosen on held-out samples */
+    int l2_count;
+    double l2_holdout_top1[16]; /* each candidate's held-out top-1 (percent) */
     int64_t batch, epochs, seed, threads, classes, max_iter;
     int epochs_given;
 } settings;
@@ -173,6 +179,13 @@ static json_t *report_json(const run *r, const char *mode, const linear_scores *
                                        s->wd, "batch", (json_int_t)s->batch, "epochs", (json_int_t)s->epochs,
                                        "milestones", s->milestones, "seed", (json_int_t)s->seed);
     json_object_set_new(set, "standardize", json_boolean(s->standardize));
+    if (s->lbfgs && s->l2_count > 1) {
+        json_t *cand = json_array();
+        for (int k = 0; k < s->l2_count; k++)
+            json_array_append_new(cand, json_pack("{s:f,s:f}", "l2", s->l2_list[k], "holdout_top1", s->l2_holdout_top1[k]));
+        json_object_set_new(set, "l2_search", json_pack("{s:f,s:I,s:o}", "holdout", s->holdout, "seed",
+                                                        (json_int_t)s->seed, "candidates", cand));
+    }
     json_object_set_new(o, "settings", set);
     if (lb)
         json_object_set_new(o, "lbfgs", json_pack("{s:i,s:i,s:f,s:f,s:s}", "iterations", lb->iterations, "evaluations",
@@ -214,6 +227,11 @@ static void print_text(const run *r, const char *mode, const linear_scores *trai
         double n = rows[i]->n ? (double)rows[i]->n : 1;
         printf("%-10s %8.2f %8.2f %9.4f\n", i ? "val" : "train", 100.0 * rows[i]->top1 / n, 100.0 * rows[i]->top5 / n,
                rows[i]->loss_sum / n);
+    }
+    if (s->lbfgs && s->l2_count > 1) {
+        printf("l2 %g, chosen by top-1 on %g of train held out:", s->l2, s->holdout);
+        for (int c = 0; c < s->l2_count; c++)
+            printf(" %g %.2f%%%s", s->l2_list[c], s->l2_holdout_top1[c], c + 1 < s->l2_count ? "," : "\n");
     }
     int64_t scored = 0; /* none when streaming without --val: the train views are gone */
     for (int c = 0; c < k; c++)
@@ -306,12 +324,34 @@ static int classes_agree(const stream_header *a, const stream_header *b)
     return 1;
 }
 
+/* --l2 A[,B...]: up to 16 values; the first is the setting when only one is given. */
+static int parse_l2_list(const char *arg, settings *s)
+{
+    char buf[512];
+    if (strlen(arg) >= sizeof buf)
+        return cli_usage_error("--l2: list too long");
+    strcpy(buf, arg);
+    s->l2_count = 0;
+    char *save = NULL;
+    for (char *tok = strtok_r(buf, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
+        if (s->l2_count == 16)
+            return cli_usage_error("--l2: at most 16 values");
+        if (cli_real("--l2", tok, 0, 1e6, &s->l2_list[s->l2_count]))
+            return EXIT_USAGE;
+        s->l2_count++;
+    }
+    if (!s->l2_count)
+        return cli_usage_error("--l2: no value in '%s'", arg);
+    s->l2 = s->l2_list[0];
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     cli_init("moco-linear");
     enum { O_VAL = 256, O_SOLVER, O_LR, O_MOM, O_WD, O_BATCH, O_EPOCHS, O_MILESTONES, O_SEED, O_STREAMING,
            O_IN_MEMORY, O_L2, O_MAX_ITER, O_TOL, O_STANDARDIZE, O_CLASSES, O_REPORT, O_CONFUSION, O_LOG, O_SAVE,
-           O_THREADS, O_DEVICE, O_HELP, O_VERSION };
+           O_THREADS, O_DEVICE, O_HOLDOUT, O_HELP, O_VERSION };
     static const struct option options[] = {
         {"val", required_argument, 0, O_VAL}, {"solver", required_argument, 0, O_SOLVER},
         {"lr", required_argument, 0, O_LR}, {"momentum", required_argument, 0, O_MOM},
@@ -324,11 +364,11 @@ int main(int argc, char **argv)
         {"report", required_argument, 0, O_REPORT}, {"confusion", no_argument, 0, O_CONFUSION},
         {"log", required_argument, 0, O_LOG}, {"save", required_argument, 0, O_SAVE},
         {"threads", required_argument, 0, O_THREADS}, {"device", required_argument, 0, O_DEVICE},
-        {"quiet", no_argument, 0, 'q'},
+        {"holdout", required_argument, 0, O_HOLDOUT}, {"quiet", no_argument, 0, 'q'},
         {"help", no_argument, 0, O_HELP}, {"version", no_argument, 0, O_VERSION}, {0, 0, 0, 0},
     };
     settings s = {.lr = 30, .momentum = 0.9, .wd = 0, .batch = 256, .epochs = 100, .milestones = "60,80",
-                  .l2 = 1e-4, .max_iter = 500, .tol = 1e-5, .threads = cli_default_threads(), .device = -1};
+                  .l2 = 1e-4, .l2_list = {1e-4}, .l2_count = 1, .holdout = 0.1, .max_iter = 500, .tol = 1e-5, .threads = cli_default_threads(), .device = -1};
     int64_t status = 0;
     int c;
     while ((c = getopt_long(argc, argv, "q", options, NULL)) != -1 && !status) {
@@ -348,7 +388,8 @@ int main(int argc, char **argv)
         case O_SEED: status = cli_int("--seed", optarg, 0, INT64_MAX, &s.seed); break;
         case O_STREAMING: s.mode = 1; break;
         case O_IN_MEMORY: s.mode = 2; break;
-        case O_L2: status = cli_real("--l2", optarg, 0, 1e6, &s.l2); break;
+        case O_L2: status = parse_l2_list(optarg, &s); break;
+        case O_HOLDOUT: status = cli_real("--holdout", optarg, 1e-6, 1 - 1e-6, &s.holdout); break;
         case O_MAX_ITER: status = cli_int("--max-iter", optarg, 0, 100000000, &s.max_iter); break;
         case O_TOL: status = cli_real("--tol", optarg, 1e-12, 1, &s.tol); break;
         case O_STANDARDIZE: s.standardize = 1; break;
@@ -379,6 +420,8 @@ int main(int argc, char **argv)
         return cli_usage_error("--val - and TRAIN - cannot both be standard input");
     if (s.lbfgs && s.mode == 1)
         return cli_usage_error("--streaming is for --solver sgd: L-BFGS works on the whole train set at once");
+    if (!s.lbfgs && s.l2_count > 1)
+        return cli_usage_error("several --l2 values are for --solver lbfgs");
     if (s.lbfgs && s.device >= 0)
         return cli_usage_error("--device cuda is for --solver sgd: L-BFGS runs on the CPU");
     if (s.log && s.report && !strcmp(s.log, "-") && !strcmp(s.report, "-"))
@@ -480,15 +523,27 @@ int main(int argc, char **argv)
     if (linear_scores_init(&train_sc, r.classes, &err) || linear_scores_init(&val_sc, r.classes, &err))
         FAIL("%s", err.msg);
 
-    /* Threads pay off only on big products: a step of the demo's probe (256 x 128 x 10) is over before
-     * a second thread has woken, and on a busy machine each OpenMP barrier can cost a time slice. */
-    double macs = (double)(s.lbfgs ? (set.n < 1024 ? set.n : 1024) : s.batch) * dim * r.classes;
+    /* SGD: threads pay off only on big products: a step of the demo's probe (256 x 128 x 10) is over
+     * before a second thread has woken, and on a busy machine each OpenMP barrier can cost a time
+     * slice. L-BFGS spreads whole chunks of 1024 rows over the threads instead. */
+    double macs = (double)s.batch * dim * r.classes;
 #ifdef _OPENMP
-    omp_set_num_threads(macs < (1 << 24) ? 1 : (int)s.threads);
+    omp_set_num_threads(!s.lbfgs && macs < (1 << 24) ? 1 : (int)s.threads);
 #endif
     (void)macs;
     int rc;
     if (s.lbfgs) {
+        if (s.l2_count > 1) { /* lambda chosen on held-out samples, then the fit below on all of them */
+            linear_lbfgs_options so = {.max_iter = (int)s.max_iter, .epsilon = s.tol, .memory = 10};
+            int best;
+            if (linear_lbfgs_select_l2(&r.c, &set, s.l2_list, s.l2_count, s.holdout, (uint64_t)s.seed, &so,
+                                       s.l2_holdout_top1, &best, &err))
+                FAIL("%s: %s", tname, err.msg);
+            s.l2 = s.l2_list[best];
+            if (!s.quiet)
+                fprintf(stderr, "moco-linear: l2 %g has the best held-out top-1 (%.2f%%)\n", s.l2,
+                        s.l2_holdout_top1[best]);
+        }
         memset(r.c.param, 0, sizeof(float) * r.c.param_count); /* convex: start from zero, deterministic */
         linear_lbfgs_options lo = {.l2 = s.l2, .max_iter = (int)s.max_iter, .epsilon = s.tol, .memory = 10,
                                    .progress = lbfgs_progress, .ctx = &r};

@@ -7,14 +7,15 @@ secs() { cat "$out/times/$1" 2>/dev/null || echo "-"; }
 pct() { awk -v v="$1" 'BEGIN { if (v == "") print "-"; else printf "%.2f%%", (v <= 1 ? 100 * v : v) }'; }
 sum() { awk '{ s += $1 } END { printf "%.1f", s }'; }
 echo
-echo "linear probe on $data (L-BFGS on standardised features; train $(num n_train "$out/report-moco.json"), test $(num n_val "$out/report-moco.json"))"
-printf "%-40s %9s %9s %12s\n" "features" "top-1" "top-5" "seconds"
-printf "%-40s %9s %9s %12s\n" "MoCo v2 pretrained, $epochs epochs" "$(pct "$(num top1 "$out/report-moco.json")")" \
-    "$(pct "$(num top5 "$out/report-moco.json")")" "$(secs pretrain)"
-printf "%-40s %9s %9s %12s\n" "random-init encoder (same network)" "$(pct "$(num top1 "$out/report-random.json")")" \
-    "$(pct "$(num top5 "$out/report-random.json")")" "-"
-printf "%-40s %9s %9s %12s\n" "raw pixels" "$(pct "$(num top1 "$out/report-raw.json")")" \
-    "$(pct "$(num top5 "$out/report-raw.json")")" "-"
+echo "linear probe on $data (L-BFGS on standardised features, L2 chosen on a held-out tenth of train;"
+echo "train $(num n_train "$out/report-moco.json"), test $(num n_val "$out/report-moco.json"))"
+printf "%-40s %9s %9s %7s %12s\n" "features" "top-1" "top-5" "L2" "seconds"
+row() { # label report seconds
+    printf "%-40s %9s %9s %7s %12s\n" "$1" "$(pct "$(num top1 "$2")")" "$(pct "$(num top5 "$2")")" "$(num l2 "$2")" "$3"
+}
+row "MoCo v2 pretrained, $epochs epochs" "$out/report-moco.json" "$(secs pretrain)"
+row "random-init encoder (same network)" "$out/report-random.json" "-"
+row "raw pixels" "$out/report-raw.json" "-"
 echo
 echo "seconds per stage:"
 for s in shard-train shard-test pretrain extract-moco-train extract-moco-test extract-random-train \

@@ -112,6 +112,22 @@ check lbfgs_is_deterministic "$PY -c '
 import lib; a, _ = lib.load_st(\"$T/hard-lbfgs.st\"); b, _ = lib.load_st(\"$T/hard-lbfgs2.st\")
 assert all((a[k] == b[k]).all() for k in a)
 '"
+# several --l2: chosen on a held-out tenth of train, then refit: the report names the candidates and
+# the winner, whose refit is what --l2 WINNER alone gives
+expect lbfgs_l2_chosen_on_held_out 0 '' -- "$L -q --solver lbfgs --l2 100,1e-3,1 --save $T/sel.st --report $T/sel.json --val $T/hard-val.feat $T/hard.feat"
+check l2_search_in_the_report "$PY -c '
+import lib; r = lib.report(\"$T/sel.json\"); s = r[\"settings\"]; c = s[\"l2_search\"][\"candidates\"]
+assert [x[\"l2\"] for x in c] == [100, 1e-3, 1] and s[\"l2_search\"][\"holdout\"] == 0.1
+best = max(c, key=lambda x: (x[\"holdout_top1\"], x[\"l2\"]))
+assert s[\"l2\"] == best[\"l2\"] and s[\"l2\"] != 100, s
+'"
+expect lbfgs_l2_winner_alone 0 '' -- "$L -q --solver lbfgs --l2 1 --save $T/sel1.st $T/hard.feat"
+check l2_winner_refit_on_all "$PY -c '
+import lib; a, _ = lib.load_st(\"$T/sel.st\"); b, _ = lib.load_st(\"$T/sel1.st\")
+assert lib.report(\"$T/sel.json\")[\"settings\"][\"l2\"] == 1 and all((a[k] == b[k]).all() for k in a)
+'"
+expect l2_list_needs_lbfgs 2 'several --l2 values are for --solver lbfgs' -- "$L -q --l2 1e-3,1e-2 $T/hard.feat"
+expect l2_list_bad_value 2 '\-\-l2' -- "$L -q --solver lbfgs --l2 1e-3,x $T/hard.feat"
 expect f16_features 0 '' -- "$MK --samples 2000 --dim 32 --classes 8 --sep 0.4 --seed 7 --f16 | $L -q --solver lbfgs --l2 1e-3 --report $T/f16.json --val $T/hard-val.feat -"
 check f16_close_to_f32 "$PY -c 'import lib; a = lib.report(\"$T/f16.json\"); b = lib.report(\"$T/hard-lbfgs.json\"); assert abs(a[\"top1\"] - b[\"top1\"]) <= 1 and abs(a[\"lbfgs\"][\"objective\"] - b[\"lbfgs\"][\"objective\"]) < 1e-3'"
 

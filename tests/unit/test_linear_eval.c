@@ -171,7 +171,7 @@ TEST(test_lbfgs_reaches_the_minimum_bias_unpenalised)
 
 TEST(test_lbfgs_same_bytes_any_thread_count)
 {
-    enum { N = 5000, IN = 8, K = 3 }; /* more rows than one chunk of the objective */
+    enum { N = 12000, IN = 8, K = 3 }; /* more rows than one wave of the objective's chunks (8 x 1024) */
     float *x = malloc(sizeof(float) * N * IN);
     int64_t *y = malloc(sizeof(int64_t) * N);
     make_data(N, IN, K, 0.5, 6, x, y);
@@ -194,6 +194,41 @@ TEST(test_lbfgs_same_bytes_any_thread_count)
     CHECK(memcmp(a.param, b.param, sizeof(float) * a.param_count) == 0 && ra.iterations == rb.iterations);
     classifier_free(&a);
     classifier_free(&b);
+    free(x);
+    free(y);
+}
+
+/* Held-out selection: a lambda so large that it flattens the classifier loses to a small one on
+ * separable data; the scores are percentages of the held-out tenth; the same on any thread count. */
+TEST(test_select_l2_picks_the_best_held_out_score)
+{
+    enum { N = 3000, IN = 6, K = 4 };
+    float *x = malloc(sizeof(float) * N * IN);
+    int64_t *y = malloc(sizeof(int64_t) * N);
+    make_data(N, IN, K, 1.5, 8, x, y);
+    feature_set d = {.n = N, .dim = IN, .x = x, .labels = y, .max_label = K - 1};
+    classifier c;
+    moco_error err = {{0}};
+    CHECK_OK(classifier_init(&c, IN, K, 0, &err), &err);
+    const double l2[3] = {1e3, 1e-4, 1e-2};
+    double top1[2][3];
+    int best[2];
+    linear_lbfgs_options o = {.max_iter = 100, .epsilon = 1e-6, .memory = 10};
+    for (int t = 0; t < 2; t++) {
+#ifdef _OPENMP
+        omp_set_num_threads(t + 1);
+#endif
+        CHECK_OK(linear_lbfgs_select_l2(&c, &d, l2, 3, 0.1, 5, &o, top1[t], &best[t], &err), &err);
+    }
+    CHECK(best[0] == best[1] && memcmp(top1[0], top1[1], sizeof top1[0]) == 0);
+    printf("# held-out top-1: %g %g %g, best %d\n", top1[0][0], top1[0][1], top1[0][2], best[0]);
+    CHECK(best[0] != 0 && top1[0][best[0]] > top1[0][0] + 5);
+    for (int k = 0; k < 3; k++) /* 300 held-out samples: whole multiples of 1/3 percent */
+        CHECK(top1[0][k] >= 0 && top1[0][k] <= 100 && fabs(top1[0][k] * 3 - round(top1[0][k] * 3)) < 1e-9);
+    /* a share that leaves nothing on one side is refused */
+    CHECK(linear_lbfgs_select_l2(&c, &d, l2, 3, 0.0001, 5, &o, top1[0], &best[0], &err) == MOCO_ERR);
+    CHECK(strstr(err.msg, "held-out share") != NULL);
+    classifier_free(&c);
     free(x);
     free(y);
 }
@@ -223,6 +258,7 @@ int main(void)
     RUN(test_objective_gradient_matches_finite_differences);
     RUN(test_lbfgs_reaches_the_minimum_bias_unpenalised);
     RUN(test_lbfgs_same_bytes_any_thread_count);
+    RUN(test_select_l2_picks_the_best_held_out_score);
     RUN(test_lbfgs_refuses_labels_outside_the_classes);
     backend_destroy(b);
     TEST_EXIT();
