@@ -186,7 +186,8 @@ struct conv2d {
     float *fwd_weights_buf, *bwd_weights_buf, *diff_weights_buf; /* NULL when the user layout is used */
     /* Winograd: the primitives run on blocked (nChw16c) copies of the NHWC tensors, made in the
      * backend's shared buffers: input-shaped (x, dx) in blocked[0], output-shaped (y, dy) in
-     * blocked[1]. NULL reorders: the primitives take NHWC directly (direct convolution). */
+     * blocked[1]; a side whose reorders are NULL (16 channels) is used in place. Direct
+     * convolution (winograd 0) takes the NHWC tensors themselves. */
     int winograd;
     dnnl_primitive_t src_to_blocked, blocked_to_src, dst_to_blocked, blocked_to_dst; /* NULL: same bytes */
     dnnl_memory_t blocked_src, blocked_dst;
@@ -395,10 +396,10 @@ static int conv2d_prepare(conv2d *c, int n, int h, int w, moco_error *err)
         if ((!nhwc_bytes(bs) && (make_reorder(b, &src_md, bs, &c->src_to_blocked, err) ||
                                  make_reorder(b, bs, &src_md, &c->blocked_to_src, err))) ||
             (!nhwc_bytes(bd) && (make_reorder(b, &dst_md, bd, &c->dst_to_blocked, err) ||
-                                 make_reorder(b, bd, &dst_md, &c->blocked_to_dst, err))) ||
-            !(c->blocked_src = unbound(b, bs)) || !(c->blocked_dst = unbound(b, bd))) {
-            if (!err->msg[0])
-                moco_fail(err, "oneDNN: cannot create convolution memories");
+                                 make_reorder(b, bd, &dst_md, &c->blocked_to_dst, err))))
+            goto done;
+        if (!(c->blocked_src = unbound(b, bs)) || !(c->blocked_dst = unbound(b, bd))) {
+            moco_fail(err, "oneDNN: cannot create convolution memories");
             goto done;
         }
         c->blocked_src_bytes = dnnl_memory_desc_get_size(bs);
