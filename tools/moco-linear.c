@@ -370,7 +370,7 @@ int main(int argc, char **argv)
     settings s = {.lr = 30, .momentum = 0.9, .wd = 0, .batch = 256, .epochs = 100, .milestones = "60,80",
                   .l2 = 1e-4, .l2_list = {1e-4}, .l2_count = 1, .holdout = 0.1, .max_iter = 500, .tol = 1e-5, .threads = cli_default_threads(), .device = -1};
     int64_t status = 0;
-    int c;
+    int c, holdout_given = 0;
     while ((c = getopt_long(argc, argv, "q", options, NULL)) != -1 && !status) {
         switch (c) {
         case O_VAL: s.val = optarg; break;
@@ -389,7 +389,7 @@ int main(int argc, char **argv)
         case O_STREAMING: s.mode = 1; break;
         case O_IN_MEMORY: s.mode = 2; break;
         case O_L2: status = parse_l2_list(optarg, &s); break;
-        case O_HOLDOUT: status = cli_real("--holdout", optarg, 1e-6, 1 - 1e-6, &s.holdout); break;
+        case O_HOLDOUT: status = cli_real("--holdout", optarg, 1e-6, 1 - 1e-6, &s.holdout), holdout_given = 1; break;
         case O_MAX_ITER: status = cli_int("--max-iter", optarg, 0, 100000000, &s.max_iter); break;
         case O_TOL: status = cli_real("--tol", optarg, 1e-12, 1, &s.tol); break;
         case O_STANDARDIZE: s.standardize = 1; break;
@@ -422,6 +422,8 @@ int main(int argc, char **argv)
         return cli_usage_error("--streaming is for --solver sgd: L-BFGS works on the whole train set at once");
     if (!s.lbfgs && s.l2_count > 1)
         return cli_usage_error("several --l2 values are for --solver lbfgs");
+    if (holdout_given && s.l2_count < 2)
+        return cli_usage_error("--holdout chooses among several --l2 values: give more than one");
     if (s.lbfgs && s.device >= 0)
         return cli_usage_error("--device cuda is for --solver sgd: L-BFGS runs on the CPU");
     if (s.log && s.report && !strcmp(s.log, "-") && !strcmp(s.report, "-"))

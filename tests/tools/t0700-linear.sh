@@ -127,6 +127,7 @@ import lib; a, _ = lib.load_st(\"$T/sel.st\"); b, _ = lib.load_st(\"$T/sel1.st\"
 assert lib.report(\"$T/sel.json\")[\"settings\"][\"l2\"] == 1 and all((a[k] == b[k]).all() for k in a)
 '"
 expect l2_list_needs_lbfgs 2 'several --l2 values are for --solver lbfgs' -- "$L -q --l2 1e-3,1e-2 $T/hard.feat"
+expect holdout_needs_several_l2 2 'holdout chooses among several' -- "$L -q --solver lbfgs --holdout 0.2 $T/hard.feat"
 expect l2_list_bad_value 2 '\-\-l2' -- "$L -q --solver lbfgs --l2 1e-3,x $T/hard.feat"
 expect f16_features 0 '' -- "$MK --samples 2000 --dim 32 --classes 8 --sep 0.4 --seed 7 --f16 | $L -q --solver lbfgs --l2 1e-3 --report $T/f16.json --val $T/hard-val.feat -"
 check f16_close_to_f32 "$PY -c 'import lib; a = lib.report(\"$T/f16.json\"); b = lib.report(\"$T/hard-lbfgs.json\"); assert abs(a[\"top1\"] - b[\"top1\"]) <= 1 and abs(a[\"lbfgs\"][\"objective\"] - b[\"lbfgs\"][\"objective\"]) < 1e-3'"
