@@ -22,7 +22,7 @@ struct backend {
     int threads;
     int winograd; /* 3x3 stride-1 convolutions by Winograd where oneDNN has it (backend_set_winograd) */
     /* Two buffers the Winograd convolutions share for their blocked copies of an input and an
-     * output: the ops run one at a time, so one pair serves every layer. */
+     * output (conv_side IN and OUT): the ops run one at a time, so one pair serves every layer. */
     void *blocked[2];
     size_t blocked_bytes[2];
 };
@@ -176,22 +176,28 @@ static int reorder(backend *b, dnnl_primitive_t p, dnnl_memory_t from, const voi
 
 /* ---- convolution ---- */
 
+/* The two activations a convolution touches: IN (x and dx) and OUT (y and dy). */
+enum { IN = 0, OUT = 1 };
+
+typedef struct {
+    dnnl_memory_t user; /* the NHWC tensor */
+    /* Winograd: the primitives' blocked (nChw16c) layout, copied in and out through the backend's
+     * shared buffer blocked[side]; with NULL reorders (16 channels) it is NHWC's bytes, used in place */
+    dnnl_memory_t blocked;
+    dnnl_primitive_t to_blocked, from_blocked;
+    size_t blocked_bytes;
+} conv_side;
+
 struct conv2d {
     backend *b;
     int in_c, out_c, kernel, stride, pad;
     int n, h, w, oh, ow; /* the shape the primitives below are built for; n = 0: none yet */
     dnnl_primitive_t fwd, bwd_data, bwd_weights;
     dnnl_primitive_t to_fwd_weights, to_bwd_weights, from_diff_weights; /* reorders, NULL = same layout */
-    dnnl_memory_t src, dst, user_weights, fwd_weights, bwd_weights_mem, diff_weights, user_diff_weights;
+    dnnl_memory_t user_weights, fwd_weights, bwd_weights_mem, diff_weights, user_diff_weights;
     float *fwd_weights_buf, *bwd_weights_buf, *diff_weights_buf; /* NULL when the user layout is used */
-    /* Winograd: the primitives run on blocked (nChw16c) copies of the NHWC tensors, made in the
-     * backend's shared buffers: input-shaped (x, dx) in blocked[0], output-shaped (y, dy) in
-     * blocked[1]; a side whose reorders are NULL (16 channels) is used in place. Direct
-     * convolution (winograd 0) takes the NHWC tensors themselves. */
-    int winograd;
-    dnnl_primitive_t src_to_blocked, blocked_to_src, dst_to_blocked, blocked_to_dst; /* NULL: same bytes */
-    dnnl_memory_t blocked_src, blocked_dst;
-    size_t blocked_src_bytes, blocked_dst_bytes;
+    int winograd; /* 0: direct convolution, on the NHWC tensors themselves */
+    conv_side side[2];
 };
 
 conv2d *conv2d_create(backend *b, int in_channels, int out_channels, int kernel, int stride, int pad,
@@ -214,14 +220,16 @@ static void conv2d_release(conv2d *c)
     free_primitive(&c->to_fwd_weights);
     free_primitive(&c->to_bwd_weights);
     free_primitive(&c->from_diff_weights);
-    free_primitive(&c->src_to_blocked);
-    free_primitive(&c->blocked_to_src);
-    free_primitive(&c->dst_to_blocked);
-    free_primitive(&c->blocked_to_dst);
-    dnnl_memory_t *mems[] = {&c->src, &c->dst, &c->user_weights, &c->fwd_weights, &c->bwd_weights_mem,
-                             &c->diff_weights, &c->user_diff_weights, &c->blocked_src, &c->blocked_dst};
+    dnnl_memory_t *mems[] = {&c->user_weights, &c->fwd_weights, &c->bwd_weights_mem, &c->diff_weights,
+                             &c->user_diff_weights};
     for (size_t i = 0; i < sizeof mems / sizeof *mems; i++)
         free_memory(mems[i]);
+    for (int i = IN; i <= OUT; i++) {
+        free_primitive(&c->side[i].to_blocked);
+        free_primitive(&c->side[i].from_blocked);
+        free_memory(&c->side[i].user);
+        free_memory(&c->side[i].blocked);
+    }
     free(c->fwd_weights_buf);
     free(c->bwd_weights_buf);
     free(c->diff_weights_buf);
@@ -389,30 +397,33 @@ static int conv2d_prepare(conv2d *c, int n, int h, int w, moco_error *err)
         weights_buffer(fw, &user_w, &c->fwd_weights_buf, err) || weights_buffer(bw, &user_w, &c->bwd_weights_buf, err) ||
         weights_buffer(dw, &user_w, &c->diff_weights_buf, err))
         goto done;
-    if (wino) {
-        const dnnl_memory_desc_t *bs = dnnl_primitive_desc_query_md(pd[0], dnnl_query_src_md, 0);
-        const dnnl_memory_desc_t *bd = dnnl_primitive_desc_query_md(pd[0], dnnl_query_dst_md, 0);
-        c->winograd = 1;
-        if ((!nhwc_bytes(bs) && (make_reorder(b, &src_md, bs, &c->src_to_blocked, err) ||
-                                 make_reorder(b, bs, &src_md, &c->blocked_to_src, err))) ||
-            (!nhwc_bytes(bd) && (make_reorder(b, &dst_md, bd, &c->dst_to_blocked, err) ||
-                                 make_reorder(b, bd, &dst_md, &c->blocked_to_dst, err))))
-            goto done;
-        if (!(c->blocked_src = unbound(b, bs)) || !(c->blocked_dst = unbound(b, bd))) {
+    const dnnl_memory_desc_t *user_md[2] = {&src_md, &dst_md};
+    c->winograd = wino;
+    for (int i = IN; i <= OUT; i++) {
+        conv_side *sd = &c->side[i];
+        if (!(sd->user = unbound(b, user_md[i]))) {
             moco_fail(err, "oneDNN: cannot create convolution memories");
             goto done;
         }
-        c->blocked_src_bytes = dnnl_memory_desc_get_size(bs);
-        c->blocked_dst_bytes = dnnl_memory_desc_get_size(bd);
+        if (!wino)
+            continue;
+        const dnnl_memory_desc_t *md =
+            dnnl_primitive_desc_query_md(pd[0], i == IN ? dnnl_query_src_md : dnnl_query_dst_md, 0);
+        if (!nhwc_bytes(md) && (make_reorder(b, user_md[i], md, &sd->to_blocked, err) ||
+                                make_reorder(b, md, user_md[i], &sd->from_blocked, err)))
+            goto done;
+        if (!(sd->blocked = unbound(b, md))) {
+            moco_fail(err, "oneDNN: cannot create convolution memories");
+            goto done;
+        }
+        sd->blocked_bytes = dnnl_memory_desc_get_size(md);
     }
-    c->src = unbound(b, &src_md);
-    c->dst = unbound(b, &dst_md);
     c->user_weights = unbound(b, &user_w);
     c->user_diff_weights = unbound(b, &user_w);
     c->fwd_weights = unbound(b, fw);
     c->bwd_weights_mem = unbound(b, bw);
     c->diff_weights = unbound(b, dw);
-    if (!c->src || !c->dst || !c->user_weights || !c->user_diff_weights || !c->fwd_weights ||
+    if (!c->user_weights || !c->user_diff_weights || !c->fwd_weights ||
         !c->bwd_weights_mem || !c->diff_weights) {
         moco_fail(err, "oneDNN: cannot create convolution memories");
         goto done;
@@ -428,31 +439,29 @@ done:
     return rc;
 }
 
-/* The primitives' view of an activation: the NHWC tensor itself, or (Winograd) its blocked copy in
- * shared buffer `which`, filled from the tensor first when `copy_in`. NULL on failure. */
-static dnnl_memory_t activation(conv2d *c, int which, const float *t, int copy_in, moco_error *err)
+/* The primitives' view of activation t on side i: the NHWC tensor itself, or (Winograd) its blocked
+ * layout, in place or as a copy in the backend's shared buffer i, filled from t first when
+ * `copy_in`. NULL on failure. */
+static dnnl_memory_t activation(conv2d *c, int i, const float *t, int copy_in, moco_error *err)
 {
-    dnnl_memory_t user = which ? c->dst : c->src;
+    conv_side *sd = &c->side[i];
     if (!c->winograd)
-        return bind(user, t);
-    dnnl_memory_t blocked = which ? c->blocked_dst : c->blocked_src;
-    if (!(which ? c->dst_to_blocked : c->src_to_blocked))
-        return bind(blocked, t); /* 16 channels: the tensor's own bytes */
-    void *buf = blocked_buffer(c->b, which, which ? c->blocked_dst_bytes : c->blocked_src_bytes, err);
-    if (!buf)
+        return bind(sd->user, t);
+    if (!sd->to_blocked)
+        return bind(sd->blocked, t); /* 16 channels: the tensor's own bytes */
+    void *buf = blocked_buffer(c->b, i, sd->blocked_bytes, err);
+    if (!buf || (copy_in && reorder(c->b, sd->to_blocked, sd->user, t, sd->blocked, buf, err)))
         return NULL;
-    if (copy_in && reorder(c->b, which ? c->dst_to_blocked : c->src_to_blocked, user, t, blocked, buf, err))
-        return NULL;
-    return bind(blocked, buf);
+    return bind(sd->blocked, buf);
 }
 
-/* After a primitive wrote a Winograd blocked copy: back into the NHWC tensor t. */
-static int activation_out(conv2d *c, int which, float *t, moco_error *err)
+/* After a primitive wrote side i's blocked copy: back into the NHWC tensor t. */
+static int activation_out(conv2d *c, int i, float *t, moco_error *err)
 {
-    if (!c->winograd || !(which ? c->blocked_to_dst : c->blocked_to_src))
+    conv_side *sd = &c->side[i];
+    if (!sd->from_blocked)
         return MOCO_OK;
-    return reorder(c->b, which ? c->blocked_to_dst : c->blocked_to_src, which ? c->blocked_dst : c->blocked_src,
-                   c->b->blocked[which], which ? c->dst : c->src, t, err);
+    return reorder(c->b, sd->from_blocked, sd->blocked, c->b->blocked[i], sd->user, t, err);
 }
 
 const char *conv2d_algorithm(const conv2d *c)
@@ -471,13 +480,13 @@ int conv2d_forward(conv2d *c, const float *x, int n, int h, int w, const float *
             return MOCO_ERR;
         wt = c->fwd_weights_buf;
     }
-    dnnl_memory_t src = activation(c, 0, x, 1, err), dst = src ? activation(c, 1, y, 0, err) : NULL;
+    dnnl_memory_t src = activation(c, IN, x, 1, err), dst = src ? activation(c, OUT, y, 0, err) : NULL;
     if (!dst)
         return MOCO_ERR;
     dnnl_exec_arg_t args[] = {{DNNL_ARG_SRC, src}, {DNNL_ARG_WEIGHTS, bind(c->fwd_weights, wt)}, {DNNL_ARG_DST, dst}};
     if (execute(c->b, c->fwd, 3, args, err, "convolution forward"))
         return MOCO_ERR;
-    return activation_out(c, 1, y, err);
+    return activation_out(c, OUT, y, err);
 }
 
 int conv2d_backward(conv2d *c, const float *x, const float *weight, const float *dy, float *dx,
@@ -485,7 +494,7 @@ int conv2d_backward(conv2d *c, const float *x, const float *weight, const float 
 {
     if (!c->n)
         return moco_fail(err, "convolution backward called before its forward");
-    dnnl_memory_t diff_dst = activation(c, 1, dy, 1, err);
+    dnnl_memory_t diff_dst = activation(c, OUT, dy, 1, err);
     if (!diff_dst)
         return MOCO_ERR;
     if (dx) {
@@ -495,17 +504,17 @@ int conv2d_backward(conv2d *c, const float *x, const float *weight, const float 
                 return MOCO_ERR;
             wt = c->bwd_weights_buf;
         }
-        dnnl_memory_t diff_src = activation(c, 0, dx, 0, err);
+        dnnl_memory_t diff_src = activation(c, IN, dx, 0, err);
         if (!diff_src)
             return MOCO_ERR;
         dnnl_exec_arg_t args[] = {{DNNL_ARG_DIFF_DST, diff_dst},
                                   {DNNL_ARG_WEIGHTS, bind(c->bwd_weights_mem, wt)},
                                   {DNNL_ARG_DIFF_SRC, diff_src}};
-        if (execute(c->b, c->bwd_data, 3, args, err, "convolution backward-data") || activation_out(c, 0, dx, err))
+        if (execute(c->b, c->bwd_data, 3, args, err, "convolution backward-data") || activation_out(c, IN, dx, err))
             return MOCO_ERR;
     }
     float *dw = c->from_diff_weights ? c->diff_weights_buf : dweight;
-    dnnl_memory_t src = activation(c, 0, x, 1, err);
+    dnnl_memory_t src = activation(c, IN, x, 1, err);
     if (!src)
         return MOCO_ERR;
     dnnl_exec_arg_t args[] = {{DNNL_ARG_SRC, src},
