@@ -83,18 +83,36 @@ int cli_real(const char *option, const char *s, double min, double max, double *
     return 0;
 }
 
-int cli_reals(const char *option, const char *s, int n, double min, double max, double *out)
+/* "a,b,c" into out[0..]: how many numbers (1 to most), or -1 when s is not such a list. */
+static int parse_reals(const char *s, int most, double min, double max, double *out)
 {
     const char *p = s;
-    for (int i = 0; i < n; i++) {
+    for (int i = 0; i < most; i++) {
         char *end;
         errno = 0;
         double v = strtod(p, &end);
-        if (errno || end == p || !isfinite(v) || v < min || v > max || *end != (i + 1 < n ? ',' : '\0'))
-            return cli_usage_error("%s: '%s' is not %d comma-separated numbers in %g..%g", option, s, n, min, max);
+        if (errno || end == p || !isfinite(v) || v < min || v > max || (*end != ',' && *end != '\0'))
+            return -1;
         out[i] = v;
+        if (*end == '\0')
+            return i + 1;
         p = end + 1;
     }
+    return -1;
+}
+
+int cli_reals(const char *option, const char *s, int n, double min, double max, double *out)
+{
+    if (parse_reals(s, n, min, max, out) != n)
+        return cli_usage_error("%s: '%s' is not %d comma-separated numbers in %g..%g", option, s, n, min, max);
+    return 0;
+}
+
+int cli_real_list(const char *option, const char *s, int most, double min, double max, double *out, int *count)
+{
+    if ((*count = parse_reals(s, most, min, max, out)) < 0)
+        return cli_usage_error("%s: '%s' is not 1 to %d comma-separated numbers in %g..%g", option, s, most, min,
+                               max);
     return 0;
 }
 

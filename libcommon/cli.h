@@ -32,6 +32,8 @@ int cli_real(const char *option, const char *s, double min, double max, double *
 
 /* Parse "a,b,c" (n numbers, each within [min, max]) into out; EXIT_USAGE after a message. */
 int cli_reals(const char *option, const char *s, int n, double min, double max, double *out);
+/* The same for 1 to `most` numbers; *count gets how many. */
+int cli_real_list(const char *option, const char *s, int most, double min, double max, double *out, int *count);
 
 /* Parse "I/N" (0 <= I < N), the --part of a process among N; EXIT_USAGE after a message. */
 int cli_part(const char *option, const char *s, int *part, int *parts);

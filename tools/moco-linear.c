@@ -67,14 +67,16 @@ static const char usage[] =
     "  moco-linear --solver lbfgs --standardize --l2 1e-5,1e-4,1e-3 --val test.feat train.feat\n"
     "Exit status: 0 done, 1 failure (bad input, a loss that is not finite), 2 usage error.\n";
 
+enum { L2_MAX = 16 }; /* --l2 values at most */
+
 typedef struct {
     const char *train, *val, *report, *log, *save, *milestones;
     int lbfgs, standardize, confusion, quiet, mode; /* mode: 0 auto, 1 streaming, 2 in memory */
     int device, device_given;                         /* -1: the CPU; else cuda:device (SGD only) */
     double lr, momentum, wd, l2, tol, holdout;
-    double l2_list[16];  /* --l2 values; several: chosen on held-out samples */
+    double l2_list[L2_MAX]; /* --l2 values; several: chosen on held-out samples */
     int l2_count;
-    double l2_holdout_top1[16]; /* each candidate's held-out top-1 (percent) */
+    double l2_holdout_top1[L2_MAX]; /* each candidate's held-out top-1 (percent) */
     int64_t batch, epochs, seed, threads, classes, max_iter;
     int epochs_given;
 } settings;
@@ -324,28 +326,6 @@ static int classes_agree(const stream_header *a, const stream_header *b)
     return 1;
 }
 
-/* --l2 A[,B...]: up to 16 values; the first is the setting when only one is given. */
-static int parse_l2_list(const char *arg, settings *s)
-{
-    char buf[512];
-    if (strlen(arg) >= sizeof buf)
-        return cli_usage_error("--l2: list too long");
-    strcpy(buf, arg);
-    s->l2_count = 0;
-    char *save = NULL;
-    for (char *tok = strtok_r(buf, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
-        if (s->l2_count == 16)
-            return cli_usage_error("--l2: at most 16 values");
-        if (cli_real("--l2", tok, 0, 1e6, &s->l2_list[s->l2_count]))
-            return EXIT_USAGE;
-        s->l2_count++;
-    }
-    if (!s->l2_count)
-        return cli_usage_error("--l2: no value in '%s'", arg);
-    s->l2 = s->l2_list[0];
-    return 0;
-}
-
 int main(int argc, char **argv)
 {
     cli_init("moco-linear");
@@ -388,7 +368,10 @@ int main(int argc, char **argv)
         case O_SEED: status = cli_int("--seed", optarg, 0, INT64_MAX, &s.seed); break;
         case O_STREAMING: s.mode = 1; break;
         case O_IN_MEMORY: s.mode = 2; break;
-        case O_L2: status = parse_l2_list(optarg, &s); break;
+        case O_L2: /* the first value is the setting when only one is given */
+            status = cli_real_list("--l2", optarg, L2_MAX, 0, 1e6, s.l2_list, &s.l2_count);
+            s.l2 = s.l2_list[0];
+            break;
         case O_HOLDOUT: status = cli_real("--holdout", optarg, 1e-6, 1 - 1e-6, &s.holdout), holdout_given = 1; break;
         case O_MAX_ITER: status = cli_int("--max-iter", optarg, 0, 100000000, &s.max_iter); break;
         case O_TOL: status = cli_real("--tol", optarg, 1e-12, 1, &s.tol); break;

@@ -70,20 +70,6 @@ static inline void random_views(uint8_t *u8, float *im, size_t count, int c, con
     as_activations(im, count);
 }
 
-/* Largest |got - want| over the largest |want|: one figure per tensor, scale-free; NaN when either
- * side holds a NaN (fmax would drop it, and a kernel that writes NaN must not pass). */
-static inline double rel_error(const float *got, const float *want, size_t count)
-{
-    double diff = 0, scale = 0;
-    for (size_t i = 0; i < count; i++) {
-        if (isnan(got[i]) || isnan(want[i]))
-            return NAN;
-        diff = fmax(diff, fabs((double)got[i] - want[i]));
-        scale = fmax(scale, fabs((double)want[i]));
-    }
-    return scale > 0 ? diff / scale : diff;
-}
-
 /* Device copies of host float32 data: as float32, or as activations of the current precision. */
 static inline float *dev_f32(const float *host, size_t count)
 {

@@ -5,10 +5,25 @@
 #ifndef MOCO_TEST_H
 #define MOCO_TEST_H
 
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <zlib.h>
+
+/* Largest |got - want| over the largest |want|: one figure per tensor, scale-free; NaN when either
+ * side holds a NaN (fmax would drop it, and a kernel that writes NaN must not pass). */
+static inline double rel_error(const float *got, const float *want, size_t count)
+{
+    double diff = 0, scale = 0;
+    for (size_t i = 0; i < count; i++) {
+        if (isnan(got[i]) || isnan(want[i]))
+            return NAN;
+        diff = fmax(diff, fabs((double)got[i] - want[i]));
+        scale = fmax(scale, fabs((double)want[i]));
+    }
+    return scale > 0 ? diff / scale : diff;
+}
 
 static int test_failed_flag;
 static int test_fail_count;

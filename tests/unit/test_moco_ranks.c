@@ -63,16 +63,6 @@ static void *rank_step(void *arg)
     return NULL;
 }
 
-static double rel_diff(const float *a, const float *b, size_t count)
-{
-    double worst = 0, scale = 0;
-    for (size_t i = 0; i < count; i++)
-        scale = fmax(scale, fabs(b[i]));
-    for (size_t i = 0; i < count; i++)
-        worst = fmax(worst, fabs(a[i] - b[i]));
-    return worst / fmax(scale, 1e-30);
-}
-
 TEST(test_two_ranks_train_as_one_process_with_two_bn_groups)
 {
     moco_error err = {{0}};
@@ -130,21 +120,21 @@ TEST(test_two_ranks_train_as_one_process_with_two_bn_groups)
         CHECK(runs[0].result.top1 + runs[1].result.top1 == res.top1);
         for (size_t i = 0; i < np; i++)
             mean_grad[i] = (runs[0].m->q->grad[i] + runs[1].m->q->grad[i]) / 2;
-        CHECK(rel_diff(mean_grad, one->q->grad, np) <= 1e-4);
+        CHECK(rel_error(mean_grad, one->q->grad, np) <= 1e-4);
         sgd_step(&opt_one, one->q->param, one->q->grad, 0.5);
         for (int r = 0; r < RANKS; r++)
             sgd_step(&opt[r], runs[r].m->q->param, mean_grad, 0.5);
         /* the ranks hold the same queue, bit for bit, and it is the one process's */
         CHECK(runs[0].m->queue_ptr == one->queue_ptr && runs[1].m->queue_ptr == one->queue_ptr);
         CHECK(memcmp(runs[0].m->queue, runs[1].m->queue, sizeof(float) * nq) == 0);
-        CHECK(rel_diff(runs[0].m->queue, one->queue, nq) <= 1e-4);
+        CHECK(rel_error(runs[0].m->queue, one->queue, nq) <= 1e-4);
     }
     /* parameters, key encoder, and rank 0's running statistics (the first group's) */
-    CHECK(rel_diff(runs[0].m->q->param, one->q->param, np) <= 1e-4);
+    CHECK(rel_error(runs[0].m->q->param, one->q->param, np) <= 1e-4);
     CHECK(memcmp(runs[0].m->q->param, runs[1].m->q->param, sizeof(float) * np) == 0);
-    CHECK(rel_diff(runs[0].m->k->param, one->k->param, np) <= 1e-4);
-    CHECK(rel_diff(runs[0].m->q->buffer, one->q->buffer, one->q->buffer_count) <= 1e-4);
-    CHECK(rel_diff(runs[1].m->q->buffer, one->q->buffer, one->q->buffer_count) > 1e-3); /* rank 1 saw other samples */
+    CHECK(rel_error(runs[0].m->k->param, one->k->param, np) <= 1e-4);
+    CHECK(rel_error(runs[0].m->q->buffer, one->q->buffer, one->q->buffer_count) <= 1e-4);
+    CHECK(rel_error(runs[1].m->q->buffer, one->q->buffer, one->q->buffer_count) > 1e-3); /* rank 1 saw other samples */
     free(mean_grad);
     for (int r = 0; r < RANKS; r++) {
         moco_destroy(runs[r].m);

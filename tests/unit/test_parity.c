@@ -22,7 +22,7 @@ static char worst_name[128];
 
 /* Relative error of got against the fixture tensor `name`, or a big number (and a message) when the
  * tensor is missing or its size differs. */
-static double rel_error(const safetensors *st, const char *name, const float *got, size_t count)
+static double fixture_error(const safetensors *st, const char *name, const float *got, size_t count)
 {
     const tensor *t = safetensors_find(st, name);
     if (!t || t->dtype != DTYPE_F32 || (size_t)tensor_numel(t) != count) {
@@ -46,7 +46,7 @@ static double rel_error(const safetensors *st, const char *name, const float *go
 
 #define CHECK_CLOSE(st, name, got, count)                                                          \
     do {                                                                                           \
-        if (rel_error(st, name, got, count) > TOLERANCE) {                                         \
+        if (fixture_error(st, name, got, count) > TOLERANCE) {                                     \
             snprintf(test_fail_where, sizeof test_fail_where, "%s:%d: %s", __FILE__, __LINE__, mismatch); \
             test_failed_flag = 1;                                                                  \
             return;                                                                                \
