@@ -1,8 +1,11 @@
 #!/bin/sh
 # device-check.sh LOGDIR — what a lent GPU machine runs, in one call (../shared/DEVICE.md), from the
 # build made on the CPU machine and carried along (build/, with build/peers/ holding the PyTorch
-# peer). Full logs go to LOGDIR; a short table is printed last. From the repository root:
-#   run: sh tests/cuda/device-check.sh "$OUT"            (carry: build)
+# peer). Full logs go to LOGDIR; each result is printed on stderr as it comes, a short table last.
+# The GPU machine lacks oneDNN, OpenBLAS and the rest: make them a bundle first (bundle-libs.sh),
+# then from the repository root:
+#   run: sh tests/cuda/device-check.sh LOGDIR   (carry: build/bin build/lib build/cuda-tests
+#        build/helpers build/bench build/peers build/photos500; tar LOGDIR into $OUT: at most 8 files)
 #   PARTS="checks tools bench e2e" picks the parts (default all four; make check-cuda runs the
 #   first, make bench-cuda the last two); STEPS=N sets the benchmark's timed steps (default 20).
 #   All four may take 8 to 10 minutes (cudnnFind per shape, PyTorch's start-up): with a 10-minute
@@ -15,15 +18,15 @@
 #    steps); moco-extract's features on the GPU against the CPU's (tests/helpers/stream_compare);
 #    moco-linear's SGD steps on the GPU against the CPU's on synthetic labelled features (the reports'
 #    train loss and top-1).
-# 4. end to end, as users run it: moco-augment --threads 15 | moco-pretrain --device cuda, ResNet-50
-#    batch 256, on the photos re-encoded as 500 px JPEGs of quality 90 (build/photos500, made at
-#    build time) copied 300 times; its log's pairs/s and data-wait share over steps 40 to 160; beside
-#    the peer's --data DIR --workers 16 run (its steady_pairs_per_s, 120 steps).
 # 3. the issue's benchmark: ResNet-50, 224 px, batch 256, K 65536, the MoCo v2 step and SGD, ours
 #    (bf16 with and without CUDA graphs, then float32) beside ../shared/peers/moco_torch.py --amp bf16 --channels-last, with
 #    and without 8 key-BN groups, in the same call; pairs/s, peak GPU memory, and the share of the
 #    card's dense bf16 rate (989 TFLOP/s on H100/H200 SXM) the step reaches, counting 4 ResNet-50
 #    forwards per pair (query forward and backward = 3, key forward = 1) at 4.09 GMAC each.
+# 4. end to end, as users run it: moco-augment --threads 15 | moco-pretrain --device cuda, ResNet-50
+#    batch 256, on the photos re-encoded as 500 px JPEGs of quality 90 (build/photos500, made at
+#    build time) copied 300 times; its log's pairs/s and data-wait share over steps 40 to 160; beside
+#    the peer's --data DIR --workers 16 run (its steady_pairs_per_s, 120 steps).
 # Exit status 0 when every check passed (the benchmark is reported, not judged).
 set -u
 logs=${1:?usage: device-check.sh LOGDIR}
@@ -32,6 +35,24 @@ steps=${STEPS:-20}
 parts=${PARTS:-checks tools bench e2e}
 want() { case " $parts " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
 mkdir -p "$logs"
+
+# The bundle of libraries the GPU machine lacks (tests/cuda/bundle-libs.sh), on our programs' path
+# only: Python (the peer) keeps the environment it came with.
+python_env=${LD_LIBRARY_PATH-}
+py() { LD_LIBRARY_PATH=$python_env python3 "$@"; }
+libs=$python_env
+if [ -f "$build/lib/deps.tar.xz" ]; then
+    deps=${TMPDIR:-/tmp}/moco-deps
+    mkdir -p "$deps" && py -c "import sys, tarfile; tarfile.open(sys.argv[1]).extractall(sys.argv[2])" "$build/lib/deps.tar.xz" "$deps" &&
+        libs=$deps${libs:+:$libs}
+fi
+for lib in libcudnn.so.9 libcublas.so.13 libnccl.so.2; do # CUDA's own, where the loader does not know them
+    ldconfig -p 2>/dev/null | grep -q "$lib" && continue
+    for dir in /usr/local/cuda/lib64 /usr/local/cuda/lib /opt/*/.venv/lib/python3*/site-packages/nvidia/*/lib; do
+        [ -e "$dir/$lib" ] && { libs=${libs:+$libs:}$dir; break; }
+    done
+done
+export LD_LIBRARY_PATH=$libs
 {
     date -u
     nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv 2>&1
@@ -40,18 +61,21 @@ mkdir -p "$logs"
 
 status=0
 summary=""
+progress() { echo "device-check: $*" >&2; } # each result as it comes, in case the call is cut short
 for t in "$build"/cuda-tests/check_*; do
     want checks || break
     [ -x "$t" ] || continue
     name=$(basename "$t")
     start=$(date +%s)
-    timeout 300 "$t" >"$logs/$name.log" 2>&1
+    timeout 120 "$t" >"$logs/$name.log" 2>&1
     rc=$?
     passed=$(grep -c '^PASS ' "$logs/$name.log")
     failed=$(grep -c '^FAIL ' "$logs/$name.log")
     [ "$rc" -ne 0 ] && [ "$failed" -eq 0 ] && failed=1 # died without saying why
     [ "$failed" -ne 0 ] && status=1
-    summary="$summary$(printf '%-16s %4d passed %4d failed  exit %3d  %4ds' "$name" "$passed" "$failed" "$rc" $(($(date +%s) - start)))
+    line=$(printf '%-16s %4d passed %4d failed  exit %3d  %4ds' "$name" "$passed" "$failed" "$rc" $(($(date +%s) - start)))
+    progress "$line"
+    summary="$summary$line
 "
 done
 if want checks && [ -z "$summary" ]; then
@@ -74,6 +98,7 @@ tool_row() { # label command...: run, record pass/fail with the comparison's las
         tools="$tools$(printf '%-52s FAIL  %s' "$label" "$(tail -n 2 "$work/last.log" | tr '\n' ' ')")
 "
     fi
+    progress "$(printf '%s' "$tools" | tail -n 1)"
     cat "$work/last.log" >>"$logs/tools.log"
 }
 want tools && M="--arch resnet18 --cifar-stem --width 8 --dim 16 --queue 64 --momentum-key 0.99 --bn-groups 2 --batch 8 --lr 0.003 --save-every 0 --threads 4 -q"
@@ -102,7 +127,7 @@ elif "$bin/moco-shard" -q --out "$work/shards" tests/fixtures/image >>"$logs/too
             "$bin/moco-linear" -q --epochs 3 --batch 32 --lr 0.1 --report "$work/lin-cpu.json" "$work/lin.feat" >/dev/null &&
             "$bin/moco-linear" -q --device cuda --epochs 3 --batch 32 --lr 0.1 --report "$work/lin-gpu.json" "$work/lin.feat" \
                 >/dev/null &&
-            python3 -c "
+            py -c "
 import json, sys
 a, b = (json.load(open(sys.argv[i]))['train'] for i in (1, 2))
 assert abs(a['top1'] - b['top1']) <= 0.5 and abs(a['loss'] - b['loss']) <= 1e-4 * (1 + b['loss']), (a, b)
@@ -121,28 +146,6 @@ else
 "
 fi
 
-e2e=""
-if want e2e && [ -n "$(ls "$build"/photos500/*.jpg 2>/dev/null)" ]; then
-    jpegs=$logs/e2e/jpegs
-    mkdir -p "$jpegs"
-    for i in $(seq 300); do
-        for f in "$build"/photos500/*.jpg; do ln -sf "$(cd "$(dirname "$f")" && pwd)/$(basename "$f")" "$jpegs/$i-$(basename "$f")"; done
-    done
-    "$build/bin/moco-shard" -q --threads 16 --out "$logs/e2e/shards" "$jpegs" >>"$logs/e2e.log" 2>&1
-    # 3000 images: 11 steps of 256 an epoch; 15 epochs cover the 165 steps
-    timeout 500 sh -c "'$build/bin/moco-augment' -q --threads 15 --epochs 15 '$logs/e2e/shards' |
-        '$build/bin/moco-pretrain' -q --device cuda --arch resnet50 --batch 256 --max-steps 165 --log '$logs/e2e/log.jsonl' \
-        --log-every 10 --save-every 0 --out '$logs/e2e/run'" >>"$logs/e2e.log" 2>&1
-    ours=$(awk -F'[:,}]' '/"step"/ { for (i = 1; i < NF; i++) { if ($i ~ /"step"/) s = $(i + 1); if ($i ~ /"pairs_per_s"/) p = $(i + 1); if ($i ~ /"data_wait"/) w = $(i + 1) }
-        if (s > 40 && s <= 160) { n++; ps += p; ws += w } } END { if (n) printf "%.0f pairs/s, data wait %.0f%%", ps / n, 100 * ws / n }' "$logs/e2e/log.jsonl" 2>/dev/null)
-    timeout 500 python3 "$build/peers/moco_torch.py" --device cuda --arch resnet50 --size 224 --batch 256 --amp bf16 \
-        --channels-last --data "$jpegs" --workers 16 --warmup 5 --steps 120 >"$logs/e2e-peer.json" 2>>"$logs/e2e.log"
-    peer=$(sed -n 's/.*"steady_pairs_per_s": *\([0-9.]*\).*/\1/p' "$logs/e2e-peer.json" | tail -n 1)
-    e2e="$(printf '%-44s %s' "moco-augment --threads 15 | moco-pretrain" "${ours:-failed (see e2e.log)}")
-$(printf '%-44s %s' "PyTorch peer, --data --workers 16" "${peer:-failed} pairs/s (steady)")
-"
-fi
-
 bench=""
 if want bench; then
     R50="--arch resnet50 --size 224 --batch 256 --K 65536"
@@ -152,23 +155,48 @@ if want bench; then
         mem=$(field peak_gpu_gib "$2")
         [ -n "$mem" ] || mem=$(field peak_mem_gib "$2")
         share=$(awk -v p="${pps:-0}" 'BEGIN { printf "%.1f%%", 100 * p * 4 * 2 * 4.09e9 / 989e12 }')
-        bench="$bench$(printf '%-44s %10s %8s GiB %8s' "$1" "${pps:--}" "${mem:--}" "$share")
+        line=$(printf '%-44s %10s %8s GiB %8s' "$1" "${pps:--}" "${mem:--}" "$share")
+        progress "$line"
+        bench="$bench$line
 "
     }
     for groups in 1 8; do
-        timeout 300 "$build/bench/moco_step_bench" --device cuda --precision bf16 $R50 --bn-groups $groups \
+        timeout 150 "$build/bench/moco_step_bench" --device cuda --precision bf16 $R50 --bn-groups $groups \
             --warmup 5 --steps "$steps" >"$logs/ours-bf16-g$groups.json" 2>&1
         row "ours, bf16, $groups key-BN group(s)" "$logs/ours-bf16-g$groups.json"
-        timeout 300 python3 "$build/peers/moco_torch.py" --device cuda $R50 --amp bf16 --channels-last \
+        timeout 150 env LD_LIBRARY_PATH="$python_env" python3 "$build/peers/moco_torch.py" --device cuda $R50 --amp bf16 --channels-last \
             --bn-groups $groups --warmup 5 --steps "$steps" >"$logs/peer-bf16-g$groups.json" 2>&1
         row "PyTorch peer, bf16 channels-last, $groups group(s)" "$logs/peer-bf16-g$groups.json"
     done
-    timeout 300 "$build/bench/moco_step_bench" --device cuda --precision bf16 $R50 --no-cuda-graph --warmup 5 \
+    timeout 150 "$build/bench/moco_step_bench" --device cuda --precision bf16 $R50 --no-cuda-graph --warmup 5 \
         --steps "$steps" >"$logs/ours-bf16-nograph.json" 2>&1
     row "ours, bf16, 1 group, without CUDA graphs" "$logs/ours-bf16-nograph.json"
-    timeout 300 "$build/bench/moco_step_bench" --device cuda --precision f32 $R50 --warmup 3 --steps "$steps" \
+    timeout 150 "$build/bench/moco_step_bench" --device cuda --precision f32 $R50 --warmup 3 --steps "$steps" \
         >"$logs/ours-f32.json" 2>&1
     row "ours, float32 (TF32 off)" "$logs/ours-f32.json"
+fi
+
+e2e=""
+if want e2e && [ -n "$(ls "$build"/photos500/*.jpg 2>/dev/null)" ]; then
+    jpegs=$logs/e2e/jpegs
+    mkdir -p "$jpegs"
+    for i in $(seq 300); do
+        for f in "$build"/photos500/*.jpg; do ln -sf "$(cd "$(dirname "$f")" && pwd)/$(basename "$f")" "$jpegs/$i-$(basename "$f")"; done
+    done
+    "$build/bin/moco-shard" -q --threads 16 --out "$logs/e2e/shards" "$jpegs" >>"$logs/e2e.log" 2>&1
+    # 3000 images: 11 steps of 256 an epoch; 15 epochs cover the 165 steps
+    timeout 200 sh -c "'$build/bin/moco-augment' -q --threads 15 --epochs 15 '$logs/e2e/shards' |
+        '$build/bin/moco-pretrain' -q --device cuda --arch resnet50 --batch 256 --max-steps 165 --log '$logs/e2e/log.jsonl' \
+        --log-every 10 --save-every 0 --out '$logs/e2e/run'" >>"$logs/e2e.log" 2>&1
+    ours=$(awk -F'[:,}]' '/"step"/ { for (i = 1; i < NF; i++) { if ($i ~ /"step"/) s = $(i + 1); if ($i ~ /"pairs_per_s"/) p = $(i + 1); if ($i ~ /"data_wait"/) w = $(i + 1) }
+        if (s > 40 && s <= 160) { n++; ps += p; ws += w } } END { if (n) printf "%.0f pairs/s, data wait %.0f%%", ps / n, 100 * ws / n }' "$logs/e2e/log.jsonl" 2>/dev/null)
+    timeout 200 env LD_LIBRARY_PATH="$python_env" python3 "$build/peers/moco_torch.py" --device cuda --arch resnet50 --size 224 --batch 256 --amp bf16 \
+        --channels-last --data "$jpegs" --workers 16 --warmup 5 --steps 120 >"$logs/e2e-peer.json" 2>>"$logs/e2e.log"
+    peer=$(sed -n 's/.*"steady_pairs_per_s": *\([0-9.]*\).*/\1/p' "$logs/e2e-peer.json" | tail -n 1)
+    e2e="$(printf '%-44s %s' "moco-augment --threads 15 | moco-pretrain" "${ours:-failed (see e2e.log)}")
+$(printf '%-44s %s' "PyTorch peer, --data --workers 16" "${peer:-failed} pairs/s (steady)")
+"
+    progress "$e2e"
 fi
 
 if want checks; then
