@@ -261,16 +261,14 @@ static int weights_buffer(const dnnl_memory_desc_t *md, const dnnl_memory_desc_t
     return MOCO_OK;
 }
 
-/* The forward convolution's implementation: oneDNN's first choice, except that with few channels
- * (<= 32 in and out) its plain JIT kernel beats the brgemm one it prefers, so that one is taken
- * when offered (the demo model's forward convolutions: 142 instead of 154 ms a step on 2 cores). */
-static dnnl_status_t forward_conv_pd(backend *b, const dnnl_convolution_desc_t *d, int in_c, int out_c,
-                                     dnnl_primitive_desc_t *pd)
+/* oneDNN's first implementation for a convolution descriptor, passing over those `avoid` turns down
+ * (its implementation name): the next one it offers instead, or the first when none is left. */
+static dnnl_status_t conv_pd_avoiding(backend *b, const void *desc, const_dnnl_primitive_desc_t hint,
+                                      int (*avoid)(const conv2d *, const char *), const conv2d *c,
+                                      dnnl_primitive_desc_t *pd)
 {
-    if (in_c > 32 || out_c > 32)
-        return dnnl_primitive_desc_create(pd, d, NULL, b->engine, NULL);
     dnnl_primitive_desc_iterator_t it;
-    dnnl_status_t st = dnnl_primitive_desc_iterator_create(&it, d, NULL, b->engine, NULL);
+    dnnl_status_t st = dnnl_primitive_desc_iterator_create(&it, desc, NULL, b->engine, hint);
     if (st != dnnl_success)
         return st;
     dnnl_primitive_desc_t first = NULL, chosen = NULL;
@@ -278,22 +276,41 @@ static dnnl_status_t forward_conv_pd(backend *b, const dnnl_convolution_desc_t *
         dnnl_primitive_desc_t p = dnnl_primitive_desc_iterator_fetch(it);
         const char *impl = NULL;
         dnnl_primitive_desc_query(p, dnnl_query_impl_info_str, 0, &impl);
-        if (!first) {
-            first = p;
-            if (!impl || strncmp(impl, "brgconv", 7))
-                break; /* not the case this rule is for */
-        } else if (impl && !strcmp(impl, "jit:avx512_core")) {
+        if (!avoid(c, impl ? impl : "")) {
             chosen = p;
             break;
-        } else {
-            dnnl_primitive_desc_destroy(p);
         }
+        if (!first)
+            first = p;
+        else
+            dnnl_primitive_desc_destroy(p);
     } while (dnnl_primitive_desc_iterator_next(it) == dnnl_success);
     dnnl_primitive_desc_iterator_destroy(it);
-    if (chosen)
+    if (chosen && first)
         dnnl_primitive_desc_destroy(first);
     *pd = chosen ? chosen : first;
     return *pd ? dnnl_success : dnnl_unimplemented;
+}
+
+/* Forward: with few channels (<= 32 in and out) oneDNN's plain JIT kernel beats the brgemm one it
+ * prefers (the demo model's forward convolutions: 142 instead of 154 ms a step on 2 cores). */
+static int avoid_forward(const conv2d *c, const char *impl)
+{
+    return c->in_c <= 32 && c->out_c <= 32 && !strncmp(impl, "brgconv", 7);
+}
+
+/* Backward-weights: oneDNN 2.7's jit_1x1 kernel for a strided 1x1 convolution with fewer than 16
+ * input channels (ResNet's downsample at width 4 or 8) corrupts the heap at some thread counts (3,
+ * 5, 12 and 16 of them, with AVX-512); its next implementation is right at all of them. */
+static int avoid_backward_weights(const conv2d *c, const char *impl)
+{
+    return c->kernel == 1 && c->stride > 1 && c->in_c < 16 && !strncmp(impl, "jit_1x1", 7);
+}
+
+static int avoid_nothing(const conv2d *c, const char *impl)
+{
+    (void)c, (void)impl;
+    return 0;
 }
 
 /* The three primitive descriptors of one algorithm; src_md and dst_md may have format "any"
@@ -312,8 +329,7 @@ static dnnl_status_t conv_pds(conv2d *c, dnnl_alg_kind_t alg, const dnnl_memory_
     dnnl_status_t st = dnnl_convolution_forward_desc_init(&fd, dnnl_forward_training, alg, src_md, &any_w, NULL,
                                                           dst_md, strides, pad, pad);
     if (st == dnnl_success)
-        st = alg == dnnl_convolution_direct ? forward_conv_pd(b, &fd, c->in_c, c->out_c, &pd[0])
-                                            : dnnl_primitive_desc_create(&pd[0], &fd, NULL, b->engine, NULL);
+        st = conv_pd_avoiding(b, &fd, NULL, alg == dnnl_convolution_direct ? avoid_forward : avoid_nothing, c, &pd[0]);
     if (st != dnnl_success)
         return st;
     /* the backward passes on the layouts the forward chose */
@@ -325,7 +341,7 @@ static dnnl_status_t conv_pds(conv2d *c, dnnl_alg_kind_t alg, const dnnl_memory_
     if (st == dnnl_success)
         st = dnnl_convolution_backward_weights_desc_init(&bwd, alg, src, &any_w, NULL, dst, strides, pad, pad);
     if (st == dnnl_success)
-        st = dnnl_primitive_desc_create(&pd[2], &bwd, NULL, b->engine, pd[0]);
+        st = conv_pd_avoiding(b, &bwd, pd[0], avoid_backward_weights, c, &pd[2]);
     if (st == dnnl_success &&
         (!dnnl_memory_desc_equal(dnnl_primitive_desc_query_md(pd[1], dnnl_query_diff_src_md, 0), src) ||
          !dnnl_memory_desc_equal(dnnl_primitive_desc_query_md(pd[1], dnnl_query_diff_dst_md, 0), dst) ||

