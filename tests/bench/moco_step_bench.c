@@ -4,15 +4,17 @@
  *   moco_step_bench [--arch resnet18] [--cifar-stem] [--width 64] [--in-channels 3] [--size 224]
  *                   [--batch 256] [--dim 128] [--K 65536] [--m 0.999] [--T 0.2] [--bn-groups 1]
  *                   [--warmup 5] [--steps 20] [--threads 0] [--device cpu|cuda] [--precision bf16|f32]
- *                   [--no-cuda-graph] [--direct-conv]
+ *                   [--no-cuda-graph] [--direct-conv] [--profile]
  * As the peer does by default, each step takes random u8 view pairs already in memory, normalises
  * them (here u8 NHWC -> f32 NHWC, as moco-pretrain does), runs the MoCo step and an SGD step
  * (lr 0.03, momentum 0.9, weight decay 1e-4). Prints one JSON line: pairs_per_s (batch over the
  * median step time), step_ms, loss, and peak_rss_mib (the process's maximum resident size).
  * --device cuda (builds with the CUDA backend): the same step through its trainer, as moco-pretrain
- * --device cuda runs it (u8 views uploaded and normalised on the GPU, the step, SGD, the loss read
- * back), with peak_gpu_gib, the device memory it allocated at most. --direct-conv: the CPU backend
- * without Winograd convolutions. */
+ * --device cuda runs it (u8 views uploaded from page-locked memory and normalised on the GPU, the
+ * step, SGD, the loss read back), with peak_gpu_gib, the device memory it allocated at most. --direct-conv: the CPU backend
+ * without Winograd convolutions. --profile: the timed steps between cuProfilerStart and
+ * cuProfilerStop, for `ncu --profile-from-start off` (tests/cuda/device-check.sh's profile part). */
+#include <dlfcn.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -31,6 +33,16 @@ static double now(void)
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+/* --profile: the timed steps alone between the driver's cuProfilerStart and cuProfilerStop, for
+ * `ncu --profile-from-start off` (the warm-up's cudnnFind trials left out). */
+static void profiler(int on)
+{
+    void *cuda = dlopen("libcuda.so.1", RTLD_NOW);
+    int (*call)(void) = cuda ? (int (*)(void))dlsym(cuda, on ? "cuProfilerStart" : "cuProfilerStop") : NULL;
+    if (!call || call())
+        fprintf(stderr, "moco_step_bench: cannot %s the profiler\n", on ? "start" : "stop");
 }
 
 static int compare(const void *a, const void *b)
@@ -56,12 +68,16 @@ int main(int argc, char **argv)
     int64_t width = 64, in_c = 3, size = 224, batch = 256, dim = 128, K = 65536, groups = 1, warmup = 5, steps = 20,
             threads = 0;
     double m = 0.999, T = 0.2;
-    int cuda = 0, bf16 = 1, graph = 1, winograd = 1;
+    int cuda = 0, bf16 = 1, graph = 1, winograd = 1, profile = 0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         int bad = 0;
         if (!strcmp(a, "--cifar-stem")) {
             cifar = 1;
+            continue;
+        }
+        if (!strcmp(a, "--profile")) {
+            profile = 1;
             continue;
         }
         if (!strcmp(a, "--no-cuda-graph")) {
@@ -147,15 +163,25 @@ int main(int argc, char **argv)
         if (!t)
             return cli_error("%s", err.msg);
         gpu->trainer_use_graph(t, graph);
+        /* the batches in page-locked memory, as moco-pretrain's batcher gives them to the trainer */
+        size_t raw_bytes = BATCHES * 2 * batch * view;
+        uint8_t *pinned = gpu->trainer_host_alloc(t, raw_bytes);
+        if (!pinned)
+            return cli_error("out of page-locked memory for the batches");
+        memcpy(pinned, raw, raw_bytes);
         for (int64_t s = 0; s < warmup + steps; s++) {
+            if (profile && s == warmup)
+                profiler(1);
             double t0 = now();
-            const uint8_t *pair = raw + (s % BATCHES) * 2 * batch * view;
+            const uint8_t *pair = pinned + (s % BATCHES) * 2 * batch * view;
             moco_permutation((int)batch, 0, s, perm);
             if (gpu->trainer_step(t, pair, pair + batch * view, (int)batch, perm, 0.03, &res, &err))
                 return cli_error("step %lld: %s", (long long)s, err.msg);
             if (s >= warmup)
                 times[s - warmup] = now() - t0;
         }
+        if (profile)
+            profiler(0);
         qsort(times, steps, sizeof *times, compare);
         double med = times[steps / 2];
         printf("{\"impl\":\"libcommon-cuda\",\"device\":\"%s\",\"arch\":\"%s\",\"cifar_stem\":%s,\"width\":%lld,"
@@ -164,6 +190,7 @@ int main(int argc, char **argv)
                gpu->trainer_describe(t), arch, cifar ? "true" : "false", (long long)width, (long long)in_c, (long long)size,
                (long long)batch, (long long)K, (long long)groups, bf16 ? "bf16" : "f32", med * 1e3, batch / med, res.loss,
                gpu->trainer_peak_bytes(t) / (double)(1 << 30));
+        gpu->trainer_host_free(t, pinned);
         gpu->trainer_destroy(t);
         free(raw), free(im_q), free(im_k), free(perm), free(times);
         sgd_free(&opt);

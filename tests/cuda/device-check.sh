@@ -7,7 +7,8 @@
 #   run: sh tests/cuda/device-check.sh LOGDIR   (carry: build/bin build/lib build/cuda-tests
 #        build/helpers build/bench build/peers build/photos500; tar LOGDIR into $OUT: at most 8 files)
 #   PARTS="checks tools bench e2e" picks the parts (default all four; make check-cuda runs the
-#   first, make bench-cuda the last two); STEPS=N sets the benchmark's timed steps (default 20).
+#   first, make bench-cuda the last two); STEPS=N sets the benchmark's timed steps (default 20);
+#   QUICK=1 keeps only the benchmark's bf16 rows beside the peer's.
 #   All four may take 8 to 10 minutes (cudnnFind per shape, PyTorch's start-up): with a 10-minute
 #   limit per call, run PARTS="checks tools" first, then PARTS="bench e2e".
 # 1. make check-cuda's programs: every op, the ResNet and the MoCo step against the CPU backend, in
@@ -177,12 +178,14 @@ if want bench; then
             --bn-groups $groups --warmup 5 --steps "$steps" >"$logs/peer-bf16-g$groups.json" 2>&1
         row "PyTorch peer, bf16 channels-last, $groups group(s)" "$logs/peer-bf16-g$groups.json"
     done
-    timeout 150 "$build/bench/moco_step_bench" --device cuda --precision bf16 $R50 --no-cuda-graph --warmup 5 \
-        --steps "$steps" >"$logs/ours-bf16-nograph.json" 2>&1
-    row "ours, bf16, 1 group, without CUDA graphs" "$logs/ours-bf16-nograph.json"
-    timeout 150 "$build/bench/moco_step_bench" --device cuda --precision f32 $R50 --warmup 3 --steps "$steps" \
-        >"$logs/ours-f32.json" 2>&1
-    row "ours, float32 (TF32 off)" "$logs/ours-f32.json"
+    if [ -z "${QUICK:-}" ]; then # QUICK=1: the four rows above only
+        timeout 150 "$build/bench/moco_step_bench" --device cuda --precision bf16 $R50 --no-cuda-graph --warmup 5 \
+            --steps "$steps" >"$logs/ours-bf16-nograph.json" 2>&1
+        row "ours, bf16, 1 group, without CUDA graphs" "$logs/ours-bf16-nograph.json"
+        timeout 150 "$build/bench/moco_step_bench" --device cuda --precision f32 $R50 --warmup 3 --steps "$steps" \
+            >"$logs/ours-f32.json" 2>&1
+        row "ours, float32 (TF32 off)" "$logs/ours-f32.json"
+    fi
 fi
 
 e2e=""
@@ -206,6 +209,22 @@ if want e2e && [ -n "$(ls "$build"/photos500/*.jpg 2>/dev/null)" ]; then
 $(printf '%-44s %s' "PyTorch peer, --data --workers 16" "${peer:-failed} pairs/s (steady)")
 "
     progress "$e2e"
+fi
+
+# 5. (only when named in PARTS) where the bf16 step's GPU time goes: one timed step of ours under
+#    Nsight Compute (tests/cuda/ncu_summary.py sums it by kernel) and the peer under torch.profiler
+#    (tests/cuda/profile_peer.py, totals over its 10 steps).
+if want profile; then
+    R50="--arch resnet50 --size 224 --batch 256 --K 65536"
+    ncu=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu /usr/local/cuda/bin/ncu 2>/dev/null | head -n 1)
+    timeout 240 "${ncu:-ncu}" --profile-from-start off --clock-control none --metrics gpu__time_duration.sum --csv \
+        --print-units base "$build/bench/moco_step_bench" --profile --device cuda --precision bf16 $R50 --no-cuda-graph \
+        --warmup 3 --steps 1 >"$logs/profile-ours.csv" 2>"$logs/profile-ours.log"
+    py tests/cuda/ncu_summary.py "$logs/profile-ours.csv" 40 >"$logs/profile-ours.txt" 2>&1
+    progress "profile of ours: $(tail -n 1 "$logs/profile-ours.txt")"
+    timeout 200 env LD_LIBRARY_PATH="$python_env" python3 tests/cuda/profile_peer.py "$build/peers/moco_torch.py" --device cuda \
+        $R50 --amp bf16 --channels-last --warmup 2 --steps 8 >"$logs/profile-peer.txt" 2>&1
+    progress "profile of the peer: $(grep -c . "$logs/profile-peer.txt") lines"
 fi
 
 if want checks; then
