@@ -102,9 +102,24 @@ static void md_vector(dnnl_memory_desc_t *md, int c)
     dnnl_memory_desc_init_by_tag(md, 1, dims, dnnl_f32, dnnl_a);
 }
 
+/* The OpenMP thread count is the process's, and oneDNN cuts each primitive's work (and sizes its
+ * barriers) by the count when the primitive is made: under a second backend's count (the tests make
+ * several) a primitive would run with more or fewer threads than it was built for, which can hang.
+ * So whatever makes or runs primitives sets its backend's count first (a no-op when it is set). */
+static void use_threads(const backend *b)
+{
+#ifdef _OPENMP
+    if (omp_get_max_threads() != b->threads)
+        omp_set_num_threads(b->threads);
+#else
+    (void)b;
+#endif
+}
+
 static int execute(backend *b, dnnl_primitive_t p, int nargs, const dnnl_exec_arg_t *args,
                    moco_error *err, const char *what)
 {
+    use_threads(b);
     dnnl_status_t st = dnnl_primitive_execute(p, b->stream, nargs, args);
     if (st == dnnl_success)
         st = dnnl_stream_wait(b->stream);
@@ -157,6 +172,7 @@ static int make_reorder(backend *b, const dnnl_memory_desc_t *from, const dnnl_m
     *p = NULL;
     if (dnnl_memory_desc_equal(from, to))
         return MOCO_OK;
+    use_threads(b);
     dnnl_primitive_desc_t pd;
     dnnl_status_t st = dnnl_reorder_primitive_desc_create(&pd, from, b->engine, to, b->engine, NULL);
     if (st != dnnl_success)
@@ -377,6 +393,7 @@ static int conv2d_prepare(conv2d *c, int n, int h, int w, moco_error *err)
         return MOCO_OK;
     conv2d_release(c);
     backend *b = c->b;
+    use_threads(b);
     int oh = conv2d_out_size(h, c->kernel, c->stride, c->pad), ow = conv2d_out_size(w, c->kernel, c->stride, c->pad);
     if (oh < 1 || ow < 1)
         return moco_fail(err, "convolution %dx%d stride %d: input %dx%d is too small", c->kernel, c->kernel,
@@ -613,6 +630,7 @@ static int batchnorm_prepare_train(batchnorm *bn, int n, int h, int w, moco_erro
         return MOCO_OK;
     batchnorm_release_train(bn);
     backend *b = bn->b;
+    use_threads(b);
     dnnl_memory_desc_t md, vec;
     md_nhwc(&md, n, bn->channels, h, w);
     md_vector(&vec, bn->channels);
@@ -724,6 +742,7 @@ int batchnorm_forward_eval(batchnorm *bn, const float *x, int n, int h, int w, c
 {
     backend *b = bn->b;
     if (!(bn->eval && bn->eval_n == n && bn->eval_h == h && bn->eval_w == w)) {
+        use_threads(b);
         free_primitive(&bn->eval);
         free_memory(&bn->eval_data);
         free_memory(&bn->eval_out);
@@ -835,6 +854,7 @@ static int maxpool_prepare(maxpool *p, int n, int h, int w, int training, moco_e
     if (p->n == n && p->h == h && p->w == w && p->training == training)
         return MOCO_OK;
     maxpool_release(p);
+    use_threads(p->b);
     int oh = conv2d_out_size(h, p->kernel, p->stride, p->pad), ow = conv2d_out_size(w, p->kernel, p->stride, p->pad);
     if (oh < 1 || ow < 1)
         return moco_fail(err, "max-pool: input %dx%d is too small", h, w);
