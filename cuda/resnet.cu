@@ -11,6 +11,11 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* Backward scratch buffers of the largest activation: the gradient of a block's output (both of its
+ * branches need it), the one flowing down the main branch, and a convolution's dx. Batch norm's
+ * backward runs in place wherever its dy has no later use, so three suffice. */
+enum { GRADS = 3 };
+
 typedef struct {
     gpu_conv *conv;
     gpu_bn *bn;
@@ -48,7 +53,7 @@ struct gpu_resnet {
     char *arena; /* trainable: every activation; otherwise four rotating buffers */
     void *rotating[4];
     size_t max_activation; /* elements */
-    void *grads[4];        /* backward scratch, max_activation elements each (one allocation) */
+    void *grads[GRADS];    /* backward scratch, max_activation elements each (one allocation) */
     float *pooled, *hidden, *out, *d_pooled, *d_hidden;
     const void *input;
 };
@@ -328,8 +333,8 @@ static int plan(gpu_resnet *net, int n, int h, int w, moco_error *err)
              (net->out = (float *)gpu_alloc(g, fl * n * (d > f ? d : f), err));
     if (ok && net->trainable) {
         ok = (net->d_pooled = (float *)gpu_alloc(g, fl * n * f, err)) && (net->d_hidden = (float *)gpu_alloc(g, fl * n * f, err)) &&
-             (net->grads[0] = gpu_alloc(g, 4 * slot * p.elem, err));
-        for (int i = 1; ok && i < 4; i++)
+             (net->grads[0] = gpu_alloc(g, GRADS * slot * p.elem, err));
+        for (int i = 1; ok && i < GRADS; i++)
             net->grads[i] = (char *)net->grads[0] + i * slot * p.elem;
     }
     if (!ok) {
@@ -428,7 +433,7 @@ static int unit_backward(gpu_resnet *net, unit *u, void *dy, void *bn_dx, void *
 
 static int free_grad(int busy)
 {
-    for (int i = 0; i < 4; i++)
+    for (int i = 0; i < GRADS; i++)
         if (!(busy & 1 << i))
             return i;
     return -1;
@@ -474,8 +479,9 @@ int gpu_resnet_backward(gpu_resnet *net, const float *d_output, moco_error *err)
             gi = dx;
         }
         if (blk->has_down) {
-            int bn_dx = free_grad(bit(out) | bit(gi)), dx = free_grad(bit(out) | bit(gi) | bit(bn_dx));
-            if (unit_backward(net, &blk->down, net->grads[out], net->grads[bn_dx], net->grads[dx], err))
+            /* the shortcut's gradient is not needed after its own BN, which runs in place on it */
+            int dx = free_grad(bit(out) | bit(gi));
+            if (unit_backward(net, &blk->down, net->grads[out], net->grads[out], net->grads[dx], err))
                 return moco_prefix(err, "block %d downsample", i);
             if (gpu_add_inplace(g, net->grads[gi], net->grads[dx], (size_t)n * blk->down.h * blk->down.w * blk->down.in_c, err))
                 return MOCO_ERR;

@@ -13,6 +13,11 @@
 
 #include "rng.h"
 
+/* Backward scratch buffers of the largest activation: the gradient of a block's output (both of its
+ * branches need it), the one flowing down the main branch, and a convolution's dx. Batch norm's
+ * backward runs in place wherever its dy has no later use, so three suffice. */
+enum { GRADS = 3 };
+
 typedef struct {
     conv2d *conv;
     batchnorm *bn;
@@ -48,7 +53,7 @@ struct resnet_layers {
     float *arena;     /* trainable: every activation; otherwise four rotating buffers */
     float *rotating[4];
     size_t max_activation;
-    float *grads[4];  /* backward scratch, max_activation floats each */
+    float *grads[GRADS]; /* backward scratch, max_activation floats each */
     float *pooled, *hidden, *out, *d_pooled, *d_hidden;
     const float *input;
 };
@@ -195,7 +200,7 @@ static void unit_destroy(unit *u)
 static void release_plan(resnet_layers *L)
 {
     free(L->arena);
-    for (int i = 0; i < 4; i++)
+    for (int i = 0; i < GRADS; i++)
         free(L->grads[i]), L->grads[i] = NULL;
     free(L->pooled), free(L->hidden), free(L->out), free(L->d_pooled), free(L->d_hidden);
     L->arena = L->pooled = L->hidden = L->out = L->d_pooled = L->d_hidden = NULL;
@@ -407,7 +412,7 @@ static int plan(resnet *net, int n, int h, int w, moco_error *err)
         L->d_pooled = malloc(sizeof(float) * n * f);
         L->d_hidden = malloc(sizeof(float) * n * f);
         ok = ok && L->d_pooled && L->d_hidden;
-        for (int i = 0; i < 4; i++)
+        for (int i = 0; i < GRADS; i++)
             ok = ok && (L->grads[i] = aligned_alloc(64, sizeof(float) * ((p.max + 15) / 16 * 16)));
     }
     if (!ok) {
@@ -506,10 +511,10 @@ static int unit_backward(resnet *net, unit *u, float *dy, float *bn_dx, float *d
     return MOCO_OK;
 }
 
-/* The first of the four gradient buffers not in `busy`. */
+/* The first of the gradient buffers not in `busy`. */
 static int free_grad(int busy)
 {
-    for (int i = 0; i < 4; i++)
+    for (int i = 0; i < GRADS; i++)
         if (!(busy & 1 << i))
             return i;
     return -1;
@@ -549,8 +554,9 @@ int resnet_backward(resnet *net, const float *d_output, moco_error *err)
             g = dx;
         }
         if (blk->has_down) {
-            int bn_dx = free_grad(bit(out) | bit(g)), dx = free_grad(bit(out) | bit(g) | bit(bn_dx));
-            if (unit_backward(net, &blk->down, L->grads[out], L->grads[bn_dx], L->grads[dx], err))
+            /* the shortcut's gradient is not needed after its own BN, which runs in place on it */
+            int dx = free_grad(bit(out) | bit(g));
+            if (unit_backward(net, &blk->down, L->grads[out], L->grads[out], L->grads[dx], err))
                 return moco_prefix(err, "block %d downsample", i);
             add_inplace(L->grads[g], L->grads[dx], (size_t)n * blk->down.h * blk->down.w * blk->down.in_c);
         } else {

@@ -6,11 +6,11 @@
 # then from the repository root:
 #   run: sh tests/cuda/device-check.sh LOGDIR   (carry: build/bin build/lib build/cuda-tests
 #        build/helpers build/bench build/peers build/photos500; tar LOGDIR into $OUT: at most 8 files)
-#   PARTS="checks tools bench e2e" picks the parts (default all four; make check-cuda runs the
-#   first, make bench-cuda the last two); STEPS=N sets the benchmark's timed steps (default 20);
+#   PARTS="checks tools bench e2e profile" picks the parts (default the first four; make check-cuda runs the
+#   first, make bench-cuda bench and e2e); STEPS=N sets the benchmark's timed steps (default 20);
 #   QUICK=1 keeps only the benchmark's bf16 rows beside the peer's.
-#   All four may take 8 to 10 minutes (cudnnFind per shape, PyTorch's start-up): with a 10-minute
-#   limit per call, run PARTS="checks tools" first, then PARTS="bench e2e".
+#   On an H200 (2026-11-28): checks and tools 30 s, bench 190 s, e2e 165 s, profile 80 s; the
+#   machine's start adds about 35 s to a call.
 # 1. make check-cuda's programs: every op, the ResNet and the MoCo step against the CPU backend, in
 #    float32 (TF32 off, <= 1e-4) and bf16 (<= 2e-2 per op).
 # 2. the tools on the GPU against the CPU, on views of the repository's test images: moco-pretrain
