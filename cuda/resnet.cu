@@ -16,6 +16,10 @@
  * backward runs in place wherever its dy has no later use, so three suffice. */
 enum { GRADS = 3 };
 
+/* A forward-only net's activations: a block's input (its shortcut), the unit before's output, and
+ * the unit's own (its batch norm in place on the convolution's output). */
+enum { ROTATING = 3 };
+
 typedef struct {
     gpu_conv *conv;
     gpu_bn *bn;
@@ -50,8 +54,8 @@ struct gpu_resnet {
     size_t fc0_weight, fc0_bias, fc2_weight, fc2_bias;
     /* the plan for input (n, h, w) */
     int n, h, w, out_h, out_w;
-    char *arena; /* trainable: every activation; otherwise four rotating buffers */
-    void *rotating[4];
+    char *arena; /* trainable: every activation; otherwise ROTATING buffers */
+    void *rotating[ROTATING];
     size_t max_activation; /* elements */
     void *grads[GRADS];    /* backward scratch, max_activation elements each (one allocation) */
     float *pooled, *hidden, *out, *d_pooled, *d_hidden;
@@ -253,12 +257,12 @@ static void *take(planner *p, size_t count, int busy, int *index)
         *index = -1;
         return at;
     }
-    for (int i = 0; i < 4; i++)
+    for (int i = 0; i < ROTATING; i++)
         if (!(busy & 1 << i)) {
             *index = i;
             return p->assign ? p->net->rotating[i] : NULL;
         }
-    *index = -1; /* unreachable: at most three buffers are busy at once */
+    *index = -1; /* unreachable: at most two buffers are busy when one is taken */
     return NULL;
 }
 
@@ -274,6 +278,10 @@ static int plan_unit(planner *p, unit *u, int n, int h, int w, int busy)
     size_t count = (size_t)n * u->oh * u->ow * u->out_c;
     int ci, oi;
     u->conv_out = take(p, count, busy, &ci);
+    if (!p->net->trainable) { /* forward only: the batch norm runs in place */
+        u->out = u->conv_out;
+        return ci;
+    }
     u->out = take(p, count, busy | bit(ci), &oi);
     return oi;
 }
@@ -319,10 +327,10 @@ static int plan(gpu_resnet *net, int n, int h, int w, moco_error *err)
     planner p = {net, 0, 0, gpu_act_size(g), 0};
     if (plan_pass(&p, n, h, w, err))
         return MOCO_ERR;
-    size_t slot = (p.max + 127) / 128 * 128, total = net->trainable ? p.used : 4 * slot;
+    size_t slot = (p.max + 127) / 128 * 128, total = net->trainable ? p.used : ROTATING * slot;
     if (!(net->arena = (char *)gpu_alloc(g, total * p.elem, err)))
         return moco_prefix(err, "activations of a batch of %d %dx%d views", n, h, w);
-    for (int i = 0; i < 4 && !net->trainable; i++)
+    for (int i = 0; i < ROTATING && !net->trainable; i++)
         net->rotating[i] = net->arena + i * slot * p.elem;
     net->max_activation = p.max;
     p = (planner){net, 0, 0, gpu_act_size(g), 1};

@@ -18,6 +18,10 @@
  * backward runs in place wherever its dy has no later use, so three suffice. */
 enum { GRADS = 3 };
 
+/* A forward-only net's activations: a block's input (its shortcut), the unit before's output, and
+ * the unit's own (its batch norm in place on the convolution's output). */
+enum { ROTATING = 3 };
+
 typedef struct {
     conv2d *conv;
     batchnorm *bn;
@@ -50,8 +54,8 @@ struct resnet_layers {
     /* the plan: shapes and activation buffers for input (n, h, w) */
     int n, h, w, trainable, last_train_groups;
     int out_h, out_w; /* layer4's output size */
-    float *arena;     /* trainable: every activation; otherwise four rotating buffers */
-    float *rotating[4];
+    float *arena;     /* trainable: every activation; otherwise ROTATING buffers */
+    float *rotating[ROTATING];
     size_t max_activation;
     float *grads[GRADS]; /* backward scratch, max_activation floats each */
     float *pooled, *hidden, *out, *d_pooled, *d_hidden;
@@ -312,7 +316,7 @@ void resnet_copy(resnet *dst, const resnet *src)
 
 /* Hands out activation buffers. Measuring pass (base == NULL): counts the arena (trainable) or the
  * largest activation. Assigning pass: trainable nets get disjoint slices of the arena; forward-only
- * nets get one of four rotating buffers, never one in `busy` (a bit mask of buffers still needed). */
+ * nets get one of ROTATING buffers, never one in `busy` (a bit mask of buffers still needed). */
 typedef struct {
     resnet_layers *L;
     size_t used, max;
@@ -329,12 +333,12 @@ static float *take(planner *p, size_t count, int busy, int *index)
         *index = -1;
         return at;
     }
-    for (int i = 0; i < 4; i++)
+    for (int i = 0; i < ROTATING; i++)
         if (!(busy & 1 << i)) {
             *index = i;
             return p->assign ? p->L->rotating[i] : NULL;
         }
-    *index = -1; /* unreachable: at most three buffers are busy at once */
+    *index = -1; /* unreachable: at most two buffers are busy when one is taken */
     return NULL;
 }
 
@@ -349,6 +353,10 @@ static int plan_unit(planner *p, unit *u, int n, int h, int w, int busy)
     size_t count = (size_t)n * u->oh * u->ow * u->out_c;
     int ci, oi;
     u->conv_out = take(p, count, busy, &ci);
+    if (!p->L->trainable) { /* forward only: the batch norm runs in place */
+        u->out = u->conv_out;
+        return ci;
+    }
     u->out = take(p, count, busy | bit(ci), &oi);
     return oi;
 }
@@ -394,11 +402,11 @@ static int plan(resnet *net, int n, int h, int w, moco_error *err)
     planner p = {.L = L};
     if (plan_pass(&p, n, h, w, err))
         return MOCO_ERR;
-    size_t total = L->trainable ? p.used : 4 * ((p.max + 15) / 16 * 16);
+    size_t total = L->trainable ? p.used : ROTATING * ((p.max + 15) / 16 * 16);
     if (!(L->arena = aligned_alloc(64, sizeof(float) * total)))
         return moco_fail(err, "out of memory for activations of a batch of %d %dx%d views (%zu MiB)", n, h, w,
                          total * sizeof(float) >> 20);
-    for (int i = 0; i < 4 && !L->trainable; i++)
+    for (int i = 0; i < ROTATING && !L->trainable; i++)
         L->rotating[i] = L->arena + i * ((p.max + 15) / 16 * 16);
     L->max_activation = p.max;
     p = (planner){.L = L, .assign = 1};
