@@ -270,7 +270,9 @@ static int bit(int index) { return index < 0 ? 0 : 1 << index; }
 
 static int out_size(int in, int kernel, int stride, int pad) { return (in + 2 * pad - kernel) / stride + 1; }
 
-static int plan_unit(planner *p, unit *u, int n, int h, int w, int busy)
+/* As resnet.c's: `passing` marks a trainable net's downsample, whose output lives in backward
+ * scratch (set once that is allocated). */
+static int plan_unit(planner *p, unit *u, int n, int h, int w, int busy, int passing)
 {
     u->h = h, u->w = w;
     u->oh = out_size(h, u->kernel, u->stride, u->pad);
@@ -282,6 +284,10 @@ static int plan_unit(planner *p, unit *u, int n, int h, int w, int busy)
         u->out = u->conv_out;
         return ci;
     }
+    if (passing) {
+        u->out = NULL;
+        return -1;
+    }
     u->out = take(p, count, busy | bit(ci), &oi);
     return oi;
 }
@@ -289,7 +295,7 @@ static int plan_unit(planner *p, unit *u, int n, int h, int w, int busy)
 static int plan_pass(planner *p, int n, int h, int w, moco_error *err)
 {
     gpu_resnet *net = p->net;
-    int cur = plan_unit(p, &net->stem, n, h, w, 0);
+    int cur = plan_unit(p, &net->stem, n, h, w, 0, 0);
     h = net->stem.oh, w = net->stem.ow;
     if (net->has_pool) {
         net->pool_h = out_size(h, 3, 2, 1), net->pool_w = out_size(w, 3, 2, 1);
@@ -300,11 +306,11 @@ static int plan_pass(planner *p, int n, int h, int w, moco_error *err)
         block *blk = &net->blocks[i];
         int x = cur, in = cur;
         for (int u = 0; u < blk->nunits; u++) {
-            in = plan_unit(p, &blk->units[u], n, h, w, bit(x) | bit(in));
+            in = plan_unit(p, &blk->units[u], n, h, w, bit(x) | bit(in), 0);
             h = blk->units[u].oh, w = blk->units[u].ow;
         }
         if (blk->has_down)
-            plan_unit(p, &blk->down, n, blk->units[0].h, blk->units[0].w, bit(x) | bit(in));
+            plan_unit(p, &blk->down, n, blk->units[0].h, blk->units[0].w, bit(x) | bit(in), 1);
         blk->out = blk->units[blk->nunits - 1].out;
         cur = in;
     }
@@ -344,6 +350,9 @@ static int plan(gpu_resnet *net, int n, int h, int w, moco_error *err)
              (net->grads[0] = gpu_alloc(g, GRADS * slot * p.elem, err));
         for (int i = 1; ok && i < GRADS; i++)
             net->grads[i] = (char *)net->grads[0] + i * slot * p.elem;
+        for (int i = 0; ok && i < net->nblocks; i++) /* downsample outputs: see resnet.c */
+            if (net->blocks[i].has_down)
+                net->blocks[i].down.out = net->grads[0];
     }
     if (!ok) {
         release_plan(net);

@@ -344,8 +344,10 @@ static float *take(planner *p, size_t count, int busy, int *index)
 
 static int bit(int index) { return index < 0 ? 0 : 1 << index; }
 
-/* Shapes of a unit for input (h, w); its two buffers avoid `busy`; returns the out buffer's index. */
-static int plan_unit(planner *p, unit *u, int n, int h, int w, int busy)
+/* Shapes of a unit for input (h, w); its two buffers avoid `busy`; returns the out buffer's index.
+ * `passing`: in a trainable net, an output used only until the next op (a downsample's, consumed
+ * by the residual add, and not by its BN's backward), left to scratch_outputs. */
+static int plan_unit(planner *p, unit *u, int n, int h, int w, int busy, int passing)
 {
     u->h = h, u->w = w;
     u->oh = conv2d_out_size(h, u->kernel, u->stride, u->pad);
@@ -357,6 +359,10 @@ static int plan_unit(planner *p, unit *u, int n, int h, int w, int busy)
         u->out = u->conv_out;
         return ci;
     }
+    if (passing) {
+        u->out = NULL;
+        return -1;
+    }
     u->out = take(p, count, busy | bit(ci), &oi);
     return oi;
 }
@@ -364,7 +370,7 @@ static int plan_unit(planner *p, unit *u, int n, int h, int w, int busy)
 static int plan_pass(planner *p, int n, int h, int w, moco_error *err)
 {
     resnet_layers *L = p->L;
-    int cur = plan_unit(p, &L->stem, n, h, w, 0);
+    int cur = plan_unit(p, &L->stem, n, h, w, 0, 0);
     h = L->stem.oh, w = L->stem.ow;
     if (L->pool) {
         L->pool_h = conv2d_out_size(h, 3, 2, 1), L->pool_w = conv2d_out_size(w, 3, 2, 1);
@@ -375,11 +381,11 @@ static int plan_pass(planner *p, int n, int h, int w, moco_error *err)
         block *blk = &L->blocks[i];
         int x = cur, in = cur;
         for (int u = 0; u < blk->nunits; u++) {
-            in = plan_unit(p, &blk->units[u], n, h, w, bit(x) | bit(in));
+            in = plan_unit(p, &blk->units[u], n, h, w, bit(x) | bit(in), 0);
             h = blk->units[u].oh, w = blk->units[u].ow;
         }
         if (blk->has_down)
-            plan_unit(p, &blk->down, n, blk->units[0].h, blk->units[0].w, bit(x) | bit(in));
+            plan_unit(p, &blk->down, n, blk->units[0].h, blk->units[0].w, bit(x) | bit(in), 1);
         blk->out = blk->units[blk->nunits - 1].out;
         cur = in;
     }
@@ -422,6 +428,10 @@ static int plan(resnet *net, int n, int h, int w, moco_error *err)
         ok = ok && L->d_pooled && L->d_hidden;
         for (int i = 0; i < GRADS; i++)
             ok = ok && (L->grads[i] = aligned_alloc(64, sizeof(float) * ((p.max + 15) / 16 * 16)));
+        /* downsample outputs live from their BN to the residual add: in backward scratch, idle then */
+        for (int i = 0; ok && i < L->nblocks; i++)
+            if (L->blocks[i].has_down)
+                L->blocks[i].down.out = L->grads[0];
     }
     if (!ok) {
         release_plan(L);
