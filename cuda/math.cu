@@ -68,91 +68,72 @@ template <typename T, typename Op> __device__ T block_reduce(T v, Op op, T ident
 #define GRID_STRIDE(i, count)                                                                      \
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < (count); i += (size_t)gridDim.x * blockDim.x)
 
-/* The element-wise ops below are memory-bound: each thread moves 16 bytes at a time (8 bf16 or 4
- * floats, one load or store instruction each), (on an H200 they
- * moved 2.2 TB/s two bytes at a time); the caller passes how many whole packs are aligned for that
- * (`packs`), and the values after them go one by one. */
+/* The element-wise ops below are memory-bound (on an H200 they moved 2.2 TB/s two bytes at a time),
+ * so each thread moves 16 bytes at a time: 8 bf16 or 4 floats, one load or store instruction each.
+ * The caller passes how many whole packs are aligned for that (`packs`); the values after them go
+ * one by one. */
 template <typename T> struct alignas(16) pack16 {
     T v[16 / sizeof(T)];
 };
 
-/* Whole 16-byte packs of `count` values at each pointer: 0 unless all are 16-byte aligned. */
+/* Whole 16-byte packs of `count` values at each pointer: 0 unless both are 16-byte aligned. */
 static size_t packs_of(size_t count, size_t value_bytes, const void *a, const void *b)
 {
     return ((uintptr_t)a | (uintptr_t)b) % 16 ? 0 : count / (16 / value_bytes);
 }
 
-/* The tail after the packs: values packs * N onwards, one by one (grid-strided like the packs). */
-#define TAIL_STRIDE(T, i, packs, count)                                                            \
-    for (size_t i = (packs) * (16 / sizeof(T)) + blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < (count);       \
-         i += (size_t)gridDim.x * blockDim.x)
-
-template <typename T> __global__ void relu_backward_kernel(const void *y_, void *dy_, size_t count, size_t packs)
+/* y[i] = op(y[i], x[i]) for count values: the packs first, then the tail, each grid-strided. */
+template <typename T, typename Op>
+__device__ void packed_apply(void *y_, const void *x_, size_t count, size_t packs, Op op)
 {
-    const pack16<T> *yp = (const pack16<T> *)y_;
-    pack16<T> *dyp = (pack16<T> *)dy_;
-    GRID_STRIDE(p, packs)
-    {
-        pack16<T> y = yp[p], d = dyp[p];
-        for (int k = 0; k < (int)(16 / sizeof(T)); k++)
-            if (!(act_load(y.v, k) > 0.0f))
-                act_store(d.v, k, 0.0f);
-        dyp[p] = d;
-    }
-    const T *y = (const T *)y_;
-    T *dy = (T *)dy_;
-    TAIL_STRIDE(T, i, packs, count)
-    {
-        if (!(act_load(y, i) > 0.0f))
-            act_store(dy, i, 0.0f);
-    }
-}
-
-template <typename T> __global__ void add_relu_kernel(void *y_, const void *shortcut_, size_t count, size_t packs)
-{
-    pack16<T> *yp = (pack16<T> *)y_;
-    const pack16<T> *sp = (const pack16<T> *)shortcut_;
-    GRID_STRIDE(p, packs)
-    {
-        pack16<T> a = yp[p], b = sp[p];
-        for (int k = 0; k < (int)(16 / sizeof(T)); k++) {
-            float v = act_load(a.v, k) + act_load(b.v, k);
-            act_store(a.v, k, v > 0.0f ? v : 0.0f);
-        }
-        yp[p] = a;
-    }
-    T *y = (T *)y_;
-    const T *shortcut = (const T *)shortcut_;
-    TAIL_STRIDE(T, i, packs, count)
-    {
-        float v = act_load(y, i) + act_load(shortcut, i);
-        act_store(y, i, v > 0.0f ? v : 0.0f);
-    }
-}
-
-template <typename T> __global__ void add_kernel(void *y_, const void *x_, size_t count, size_t packs)
-{
+    constexpr int per_pack = 16 / sizeof(T);
     pack16<T> *yp = (pack16<T> *)y_;
     const pack16<T> *xp = (const pack16<T> *)x_;
     GRID_STRIDE(p, packs)
     {
         pack16<T> a = yp[p], b = xp[p];
-        for (int k = 0; k < (int)(16 / sizeof(T)); k++)
-            act_store(a.v, k, act_load(a.v, k) + act_load(b.v, k));
+        for (int k = 0; k < per_pack; k++)
+            act_store(a.v, k, op(act_load(a.v, k), act_load(b.v, k)));
         yp[p] = a;
     }
     T *y = (T *)y_;
     const T *x = (const T *)x_;
-    TAIL_STRIDE(T, i, packs, count)
+    for (size_t i = packs * per_pack + blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < count;
+         i += (size_t)gridDim.x * blockDim.x)
+        act_store(y, i, op(act_load(y, i), act_load(x, i)));
+}
+
+struct op_relu_mask { /* dy where the output y was positive */
+    __device__ float operator()(float dy, float y) const { return y > 0.0f ? dy : 0.0f; }
+};
+struct op_add_relu {
+    __device__ float operator()(float y, float shortcut) const
     {
-        act_store(y, i, act_load(y, i) + act_load(x, i));
+        float v = y + shortcut;
+        return v > 0.0f ? v : 0.0f;
     }
+};
+
+template <typename T> __global__ void relu_backward_kernel(const void *y, void *dy, size_t count, size_t packs)
+{
+    packed_apply<T>(dy, y, count, packs, op_relu_mask());
+}
+
+template <typename T> __global__ void add_relu_kernel(void *y, const void *shortcut, size_t count, size_t packs)
+{
+    packed_apply<T>(y, shortcut, count, packs, op_add_relu());
+}
+
+template <typename T> __global__ void add_kernel(void *y, const void *x, size_t count, size_t packs)
+{
+    packed_apply<T>(y, x, count, packs, op_sum());
 }
 
 /* Blocks for `count` values moved in packs of 16 bytes. */
 static unsigned packed_blocks(const gpu *g, size_t count)
 {
-    return gpu_blocks((count + 7) / (g->precision == GPU_BF16 ? 8 : 4));
+    size_t per_pack = 16 / gpu_act_size(g);
+    return gpu_blocks((count + per_pack - 1) / per_pack);
 }
 
 extern "C" int gpu_relu_backward(gpu *g, const void *y, void *dy, size_t count, moco_error *err)

@@ -7,8 +7,8 @@
  * blocks writes per-chunk partials, then one small kernel combines them per group and channel.
  * Means and variances come from per-thread sums of each value minus the thread's first one, merged
  * with Chan's formula: a channel with a large mean and a small spread keeps its digits (plain sums
- * of squares minus the squared sum would not). A gpu_bn owns its per-group statistics (kept for the backward) and its partials; both are
- * sized by the first forward of a shape and reused. Pooling needs no buffers: the max-pool backward
+ * of squares minus the squared sum would not). A gpu_bn owns its per-group statistics (kept for the
+ * backward) and its partials; both are sized by the first forward of a shape and reused. Pooling needs no buffers: the max-pool backward
  * recomputes each window's maximum from x instead of keeping an argmax. */
 #include "gpu_internal.h"
 

@@ -172,7 +172,6 @@ static int make_reorder(backend *b, const dnnl_memory_desc_t *from, const dnnl_m
     *p = NULL;
     if (dnnl_memory_desc_equal(from, to))
         return MOCO_OK;
-    use_threads(b);
     dnnl_primitive_desc_t pd;
     dnnl_status_t st = dnnl_reorder_primitive_desc_create(&pd, from, b->engine, to, b->engine, NULL);
     if (st != dnnl_success)
@@ -323,12 +322,6 @@ static int avoid_backward_weights(const conv2d *c, const char *impl)
     return c->kernel == 1 && c->stride > 1 && c->in_c < 16 && !strncmp(impl, "jit_1x1", 7);
 }
 
-static int avoid_nothing(const conv2d *c, const char *impl)
-{
-    (void)c, (void)impl;
-    return 0;
-}
-
 /* The three primitive descriptors of one algorithm; src_md and dst_md may have format "any"
  * (Winograd picks its blocked layout). Winograd is kept only when all three agree on the
  * layouts of the activations, so one blocked copy of x and one of y (or dy) serve them all. */
@@ -345,7 +338,7 @@ static dnnl_status_t conv_pds(conv2d *c, dnnl_alg_kind_t alg, const dnnl_memory_
     dnnl_status_t st = dnnl_convolution_forward_desc_init(&fd, dnnl_forward_training, alg, src_md, &any_w, NULL,
                                                           dst_md, strides, pad, pad);
     if (st == dnnl_success)
-        st = conv_pd_avoiding(b, &fd, NULL, alg == dnnl_convolution_direct ? avoid_forward : avoid_nothing, c, &pd[0]);
+        st = conv_pd_avoiding(b, &fd, NULL, avoid_forward, c, &pd[0]); /* Winograd has no brgconv */
     if (st != dnnl_success)
         return st;
     /* the backward passes on the layouts the forward chose */

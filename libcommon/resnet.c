@@ -346,7 +346,7 @@ static int bit(int index) { return index < 0 ? 0 : 1 << index; }
 
 /* Shapes of a unit for input (h, w); its two buffers avoid `busy`; returns the out buffer's index.
  * `passing`: in a trainable net, an output used only until the next op (a downsample's, consumed
- * by the residual add, and not by its BN's backward), left to scratch_outputs. */
+ * by the residual add, and not by its BN's backward); plan points it at backward scratch. */
 static int plan_unit(planner *p, unit *u, int n, int h, int w, int busy, int passing)
 {
     u->h = h, u->w = w;

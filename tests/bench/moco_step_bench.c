@@ -11,9 +11,10 @@
  * median step time), step_ms, loss, and peak_rss_mib (the process's maximum resident size).
  * --device cuda (builds with the CUDA backend): the same step through its trainer, as moco-pretrain
  * --device cuda runs it (u8 views uploaded from page-locked memory and normalised on the GPU, the
- * step, SGD, the loss read back), with peak_gpu_gib, the device memory it allocated at most. --direct-conv: the CPU backend
- * without Winograd convolutions. --profile: the timed steps between cuProfilerStart and
- * cuProfilerStop, for `ncu --profile-from-start off` (tests/cuda/device-check.sh's profile part). */
+ * step, SGD, the loss read back), with peak_gpu_gib, the device memory it allocated at most.
+ * --direct-conv: the CPU backend without Winograd convolutions. --profile: the timed steps between
+ * cuProfilerStart and cuProfilerStop, for `ncu --profile-from-start off` (tests/cuda/device-check.sh's
+ * profile part). */
 #include <dlfcn.h>
 #include <math.h>
 #include <stdio.h>

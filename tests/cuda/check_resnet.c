@@ -25,6 +25,18 @@ static void randomise_batchnorm(resnet *net, uint64_t seed)
     }
 }
 
+/* The net every comparison starts from: initialised, its batch norms randomised. NULL and err on
+ * failure. */
+static resnet *reference_net(const resnet_config *cfg, moco_error *err)
+{
+    resnet *net = resnet_create(be, cfg, 1, err);
+    if (net) {
+        resnet_init(net, 3);
+        randomise_batchnorm(net, 4);
+    }
+    return net;
+}
+
 /* The largest relative error over the parameter gradients and running statistics of a and b. */
 static double worst_tensor(const resnet *a, const resnet *b, const char **name)
 {
@@ -47,14 +59,12 @@ static double cpu_spread(const resnet_config *cfg, const resnet *cpu, const floa
     moco_error err = {{0}};
     size_t nx = (size_t)n * size * size * cfg->in_channels;
     float *nudged = malloc(sizeof(float) * nx);
-    resnet *twin = nudged ? resnet_create(be, cfg, 1, &err) : NULL;
+    resnet *twin = nudged ? reference_net(cfg, &err) : NULL;
     double spread = INFINITY;
     const char *name = "";
     if (twin) {
         for (size_t i = 0; i < nx; i++)
             nudged[i] = i % 2 ? x[i] : nextafterf(x[i], INFINITY);
-        resnet_init(twin, 3);
-        randomise_batchnorm(twin, 4);
         if (!resnet_forward(twin, nudged, n, size, size, 1, groups, &err) && !resnet_backward(twin, d_out, &err))
             spread = worst_tensor(twin, cpu, &name);
         resnet_destroy(twin);
@@ -69,10 +79,8 @@ static void check_net(const resnet_config *cfg, int n, int size, int groups)
 {
     moco_error err = {{0}};
     double tol = whole_net_tolerance(2e-4);
-    resnet *cpu = resnet_create(be, cfg, 1, &err), *back = resnet_create(be, cfg, 1, &err);
+    resnet *cpu = reference_net(cfg, &err), *back = resnet_create(be, cfg, 1, &err);
     CHECK_OK(cpu && back ? 0 : -1, &err);
-    resnet_init(cpu, 3);
-    randomise_batchnorm(cpu, 4);
     gpu_resnet *dev = gpu_resnet_create(g, cpu, 1, &err);
     CHECK_OK(dev ? 0 : -1, &err);
     size_t nx = (size_t)n * size * size * cfg->in_channels, nout = (size_t)n * cfg->out_dim;
@@ -97,7 +105,8 @@ static void check_net(const resnet_config *cfg, int n, int size, int groups)
     double worst = worst_tensor(back, cpu, &worst_name);
     printf("# resnet-%d gradients and running statistics/%s: largest relative error %.2g (%s)\n", cfg->depth,
            gpu_get_precision(g) == GPU_BF16 ? "bf16" : "f32", worst, worst_name);
-    CHECK(worst <= fmax(tol, 4 * cpu_spread(cfg, cpu, x, d_out, n, size, groups)));
+    /* the spread is measured only where there is a bound to widen (float32) */
+    CHECK(worst <= (isinf(tol) ? tol : fmax(tol, 4 * cpu_spread(cfg, cpu, x, d_out, n, size, groups))));
     CHECK(back->num_batches_tracked == cpu->num_batches_tracked);
 
     /* evaluation forward with the running statistics */

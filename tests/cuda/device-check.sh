@@ -6,9 +6,9 @@
 # then from the repository root:
 #   run: sh tests/cuda/device-check.sh LOGDIR   (carry: build/bin build/lib build/cuda-tests
 #        build/helpers build/bench build/peers build/photos500; tar LOGDIR into $OUT: at most 8 files)
-#   PARTS="checks tools bench e2e profile" picks the parts (default the first four; make check-cuda runs the
-#   first, make bench-cuda bench and e2e); STEPS=N sets the benchmark's timed steps (default 20);
-#   QUICK=1 keeps only the benchmark's bf16 rows beside the peer's.
+#   PARTS="checks tools bench e2e profile" picks the parts (default the first four; make check-cuda
+#   runs checks, make bench-cuda bench and e2e); STEPS=N sets the benchmark's timed steps (default
+#   20); QUICK=1 keeps only the benchmark's bf16 rows beside the peer's.
 #   On an H200 (2026-11-28): checks and tools 30 s, bench 190 s, e2e 165 s, profile 80 s; the
 #   machine's start adds about 35 s to a call.
 # 1. make check-cuda's programs: every op, the ResNet and the MoCo step against the CPU backend, in
@@ -41,6 +41,12 @@ mkdir -p "$logs"
 # only: Python (the peer) keeps the environment it came with.
 python_env=${LD_LIBRARY_PATH-}
 py() { LD_LIBRARY_PATH=$python_env python3 "$@"; }
+py_within() { # SECONDS ARGS...: py under a time limit
+    limit=$1
+    shift
+    timeout "$limit" env LD_LIBRARY_PATH="$python_env" python3 "$@"
+}
+R50="--arch resnet50 --size 224 --batch 256 --K 65536" # the benchmark's model (bench, profile)
 libs=$python_env
 if [ -f "$build/lib/deps.tar.xz" ]; then
     deps=${TMPDIR:-/tmp}/moco-deps
@@ -158,7 +164,6 @@ fi
 
 bench=""
 if want bench; then
-    R50="--arch resnet50 --size 224 --batch 256 --K 65536"
     field() { sed -n "s/.*\"$1\": *\"\{0,1\}\([^,\"}]*\).*/\1/p" "$2" | tail -n 1; }
     row() { # label log
         pps=$(field pairs_per_s "$2")
@@ -174,7 +179,7 @@ if want bench; then
         timeout 150 "$build/bench/moco_step_bench" --device cuda --precision bf16 $R50 --bn-groups $groups \
             --warmup 5 --steps "$steps" >"$logs/ours-bf16-g$groups.json" 2>&1
         row "ours, bf16, $groups key-BN group(s)" "$logs/ours-bf16-g$groups.json"
-        timeout 150 env LD_LIBRARY_PATH="$python_env" python3 "$build/peers/moco_torch.py" --device cuda $R50 --amp bf16 --channels-last \
+        py_within 150 "$build/peers/moco_torch.py" --device cuda $R50 --amp bf16 --channels-last \
             --bn-groups $groups --warmup 5 --steps "$steps" >"$logs/peer-bf16-g$groups.json" 2>&1
         row "PyTorch peer, bf16 channels-last, $groups group(s)" "$logs/peer-bf16-g$groups.json"
     done
@@ -202,7 +207,7 @@ if want e2e && [ -n "$(ls "$build"/photos500/*.jpg 2>/dev/null)" ]; then
         --log-every 10 --save-every 0 --out '$logs/e2e/run'" >>"$logs/e2e.log" 2>&1
     ours=$(awk -F'[:,}]' '/"step"/ { for (i = 1; i < NF; i++) { if ($i ~ /"step"/) s = $(i + 1); if ($i ~ /"pairs_per_s"/) p = $(i + 1); if ($i ~ /"data_wait"/) w = $(i + 1) }
         if (s > 40 && s <= 160) { n++; ps += p; ws += w } } END { if (n) printf "%.0f pairs/s, data wait %.0f%%", ps / n, 100 * ws / n }' "$logs/e2e/log.jsonl" 2>/dev/null)
-    timeout 200 env LD_LIBRARY_PATH="$python_env" python3 "$build/peers/moco_torch.py" --device cuda --arch resnet50 --size 224 --batch 256 --amp bf16 \
+    py_within 200 "$build/peers/moco_torch.py" --device cuda $R50 --amp bf16 \
         --channels-last --data "$jpegs" --workers 16 --warmup 5 --steps 120 >"$logs/e2e-peer.json" 2>>"$logs/e2e.log"
     peer=$(sed -n 's/.*"steady_pairs_per_s": *\([0-9.]*\).*/\1/p' "$logs/e2e-peer.json" | tail -n 1)
     e2e="$(printf '%-44s %s' "moco-augment --threads 15 | moco-pretrain" "${ours:-failed (see e2e.log)}")
@@ -215,14 +220,13 @@ fi
 #    Nsight Compute (tests/cuda/ncu_summary.py sums it by kernel) and the peer under torch.profiler
 #    (tests/cuda/profile_peer.py, totals over its 10 steps).
 if want profile; then
-    R50="--arch resnet50 --size 224 --batch 256 --K 65536"
     ncu=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu /usr/local/cuda/bin/ncu 2>/dev/null | head -n 1)
     timeout 240 "${ncu:-ncu}" --profile-from-start off --clock-control none --metrics gpu__time_duration.sum --csv \
         --print-units base "$build/bench/moco_step_bench" --profile --device cuda --precision bf16 $R50 --no-cuda-graph \
         --warmup 3 --steps 1 >"$logs/profile-ours.csv" 2>"$logs/profile-ours.log"
     py tests/cuda/ncu_summary.py "$logs/profile-ours.csv" 40 >"$logs/profile-ours.txt" 2>&1
     progress "profile of ours: $(tail -n 1 "$logs/profile-ours.txt")"
-    timeout 200 env LD_LIBRARY_PATH="$python_env" python3 tests/cuda/profile_peer.py "$build/peers/moco_torch.py" --device cuda \
+    py_within 200 tests/cuda/profile_peer.py "$build/peers/moco_torch.py" --device cuda \
         $R50 --amp bf16 --channels-last --warmup 2 --steps 8 >"$logs/profile-peer.txt" 2>&1
     progress "profile of the peer: $(grep -c . "$logs/profile-peer.txt") lines"
 fi

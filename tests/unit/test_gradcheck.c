@@ -244,8 +244,8 @@ TEST(test_conv2d_winograd_matches_direct)
 
 /* Forward, dx and dweight against a plain double-precision convolution, on backends of 1 to 16
  * threads: oneDNN picks kernels and splits work by the thread count, and one of its kernels (the
- * strided 1x1 backward-weights with under 16 input channels) corrupted the heap at 3 threads and
- * more; backend.c steers around it. Every ResNet shape, with small and odd channel counts. */
+ * strided 1x1 backward-weights with under 16 input channels) corrupted the heap at 3, 5, 12 and 16
+ * threads; backend.c steers around it. Every ResNet shape, with small and odd channel counts. */
 static void conv_reference(const float *x, const float *w, const float *dy, int n, int s, int ic, int oc, int k,
                            int stride, int pad, double *y, double *dx, double *dw)
 {
