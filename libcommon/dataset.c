@@ -546,6 +546,9 @@ static int add_idx(dataset *d, const char *path, const char *labels_file, moco_e
     dataset_input *in = &d->inputs[input];
     if (idx_load(path, &in->images, err))
         return MOCO_ERR;
+    if (in->images.rank == 1) /* a labels file given as an input */
+        return moco_fail(err, "%s: an IDX file of rank 1 (labels?): give the images file; its labels are read "
+                         "from the *-labels-idx1-* file beside it, or from --labels FILE", path);
     if (in->images.rank != 3 && !(in->images.rank == 4 && (in->images.dims[3] == 1 || in->images.dims[3] == 3)))
         return moco_fail(err, "%s: IDX images must be (N,H,W) or (N,H,W,C) with C 1 or 3, not rank %d", path,
                          in->images.rank);

@@ -64,6 +64,8 @@ expect idx_values_are_the_file_bytes 0 '' -- "$I --values image --record 2 $T/s8
 check idx_second_image_bytes "[ \"\$(tr '\n' ' ' <$T/out)\" = '7 8 9 10 11 12 13 14 15 16 17 18 19 20 21 22 23 24 25 26 ' ]"
 expect idx_to_rgb_when_asked 0 '' -- "$S -q --out $T/s9 --channels 3 --labels $T/small-labels-idx1-ubyte.gz $T/small-images-idx3-ubyte"
 expect truncated_idx_is_an_error 1 'bad-images-idx3-ubyte: truncated IDX data' -- "$S -q --out $T/s10 $T/bad-images-idx3-ubyte"
+expect idx_labels_as_input_says_to_give_the_images 1 'small-labels-idx1-ubyte.gz: an IDX file of rank 1 .*: give the images file' -- \
+    "$S -q --out $T/s11 $T/small-labels-idx1-ubyte.gz"
 
 # --- archives: class folders in a tar.gz, ImageNet's tar of tars, WebDataset
 (cd "$T/tree" && tar -czf "$T/tree.tar.gz" cat dog bird)
