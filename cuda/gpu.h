@@ -85,10 +85,15 @@ int gpu_conv_backward(gpu_conv *c, const void *x, const float *weight, const voi
 typedef struct gpu_bn gpu_bn;
 gpu_bn *gpu_bn_create(gpu *g, int channels, int fuse_relu, moco_error *err);
 void gpu_bn_destroy(gpu_bn *bn);
+/* shortcut, when not NULL, makes this a residual block's end: y = ReLU(BN(x) + shortcut), the
+ * ReLU applied whether or not fused (shortcut may equal y; the sum's ReLU is the caller's to undo
+ * in the backward, which then takes the gradient of the sum). y may equal x. */
 int gpu_bn_forward_train(gpu_bn *bn, const void *x, int n, int h, int w, int groups, const float *weight,
-                         const float *bias, void *y, float *running_mean, float *running_var, moco_error *err);
+                         const float *bias, const void *shortcut, void *y, float *running_mean, float *running_var,
+                         moco_error *err);
 int gpu_bn_forward_eval(gpu_bn *bn, const void *x, int n, int h, int w, const float *weight, const float *bias,
-                        const float *running_mean, const float *running_var, void *y, moco_error *err);
+                        const float *running_mean, const float *running_var, const void *shortcut, void *y,
+                        moco_error *err);
 /* After a training forward: x its input, y its output (the ReLU's mask when fused), dy the gradient
  * of y. dx may equal dy. dweight and dbias are written, summed over the groups. */
 int gpu_bn_backward(gpu_bn *bn, const void *x, const void *y, const void *dy, const float *weight, void *dx,
@@ -108,8 +113,6 @@ int gpu_avgpool_backward(gpu *g, const float *dy, int n, int hw, int c, void *dx
 /* ---- element-wise on activations (math.cu) ---- */
 /* dy = dy where y > 0 else 0, in place. */
 int gpu_relu_backward(gpu *g, const void *y, void *dy, size_t count, moco_error *err);
-/* y = max(y + shortcut, 0): a residual block's end. */
-int gpu_add_relu_forward(gpu *g, void *y, const void *shortcut, size_t count, moco_error *err);
 /* y += x */
 int gpu_add_inplace(gpu *g, void *y, const void *x, size_t count, moco_error *err);
 

@@ -67,6 +67,13 @@ __device__ __forceinline__ float act_load(const __nv_bfloat16 *p, size_t i) { re
 __device__ __forceinline__ void act_store(float *p, size_t i, float v) { p[i] = v; }
 __device__ __forceinline__ void act_store(__nv_bfloat16 *p, size_t i, float v) { p[i] = __float2bfloat16(v); }
 
+/* 16 bytes of activations (8 bf16 or 4 floats), moved with one load or store instruction: the
+ * memory-bound kernels move these rather than single values, which keeps several times more bytes
+ * in flight per warp. */
+template <typename T> struct alignas(16) pack16 {
+    T v[16 / sizeof(T)];
+};
+
 /* Blocks for a grid-stride loop over `count` items, 256 threads each, capped so launches stay cheap. */
 static inline unsigned gpu_blocks(size_t count)
 {

@@ -69,12 +69,8 @@ template <typename T, typename Op> __device__ T block_reduce(T v, Op op, T ident
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < (count); i += (size_t)gridDim.x * blockDim.x)
 
 /* The element-wise ops below are memory-bound (on an H200 they moved 2.2 TB/s two bytes at a time),
- * so each thread moves 16 bytes at a time: 8 bf16 or 4 floats, one load or store instruction each.
- * The caller passes how many whole packs are aligned for that (`packs`); the values after them go
- * one by one. */
-template <typename T> struct alignas(16) pack16 {
-    T v[16 / sizeof(T)];
-};
+ * so each thread moves a pack16 at a time. The caller passes how many whole packs are aligned for
+ * that (`packs`); the values after them go one by one. */
 
 /* Whole 16-byte packs of `count` values at each pointer: 0 unless both are 16-byte aligned. */
 static size_t packs_of(size_t count, size_t value_bytes, const void *a, const void *b)
@@ -106,22 +102,10 @@ __device__ void packed_apply(void *y_, const void *x_, size_t count, size_t pack
 struct op_relu_mask { /* dy where the output y was positive */
     __device__ float operator()(float dy, float y) const { return y > 0.0f ? dy : 0.0f; }
 };
-struct op_add_relu {
-    __device__ float operator()(float y, float shortcut) const
-    {
-        float v = y + shortcut;
-        return v > 0.0f ? v : 0.0f;
-    }
-};
 
 template <typename T> __global__ void relu_backward_kernel(const void *y, void *dy, size_t count, size_t packs)
 {
     packed_apply<T>(dy, y, count, packs, op_relu_mask());
-}
-
-template <typename T> __global__ void add_relu_kernel(void *y, const void *shortcut, size_t count, size_t packs)
-{
-    packed_apply<T>(y, shortcut, count, packs, op_add_relu());
 }
 
 template <typename T> __global__ void add_kernel(void *y, const void *x, size_t count, size_t packs)
@@ -143,15 +127,6 @@ extern "C" int gpu_relu_backward(gpu *g, const void *y, void *dy, size_t count, 
     size_t packs = packs_of(count, gpu_act_size(g), y, dy);
     ACT_DISPATCH(g, relu_backward_kernel, packed_blocks(g, count), 256, y, dy, count, packs);
     return launch_failed(err, "relu backward (%zu values)", count);
-}
-
-extern "C" int gpu_add_relu_forward(gpu *g, void *y, const void *shortcut, size_t count, moco_error *err)
-{
-    if (!count)
-        return MOCO_OK;
-    size_t packs = packs_of(count, gpu_act_size(g), y, shortcut);
-    ACT_DISPATCH(g, add_relu_kernel, packed_blocks(g, count), 256, y, shortcut, count, packs);
-    return launch_failed(err, "residual add and relu (%zu values)", count);
 }
 
 extern "C" int gpu_add_inplace(gpu *g, void *y, const void *x, size_t count, moco_error *err)

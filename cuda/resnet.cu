@@ -1,6 +1,8 @@
 /* resnet.cu — the GPU twin of libcommon/resnet.c: the same layer list, memory plan, forward and
  * backward, over gpu.h's ops (see gpu.h). Read beside resnet.c: the structure is line for line the
- * same; what differs is where memory lives and that activations have the backend's element type.
+ * same; what differs is where memory lives, that activations have the backend's element type, and
+ * that a block's residual add and ReLU are fused into its last batch norm (the block's output is
+ * written once, not written, then read and written again).
  *
  * Every convolution is followed by a batch norm: a `unit` is conv + BN, the ReLU fused into the BN
  * except in a block's last unit, whose ReLU comes after the residual add. Parameter offsets come
@@ -36,7 +38,7 @@ typedef struct {
     int nunits, has_down;
     unit down;
     const void *in;
-    void *out; /* the last unit's out: BN, then += shortcut and ReLU in place */
+    void *out; /* the last unit's out: ReLU(BN + shortcut), the add done by the block's last BN */
 } block;
 
 struct gpu_resnet {
@@ -270,8 +272,8 @@ static int bit(int index) { return index < 0 ? 0 : 1 << index; }
 
 static int out_size(int in, int kernel, int stride, int pad) { return (in + 2 * pad - kernel) / stride + 1; }
 
-/* As resnet.c's: `passing` marks a trainable net's downsample, whose output lives in backward
- * scratch (set once that is allocated). */
+/* As resnet.c's: `passing` marks a trainable net's downsample, whose output is never stored here
+ * (its batch norm adds into the block's output; resnet.c keeps it in backward scratch). */
 static int plan_unit(planner *p, unit *u, int n, int h, int w, int busy, int passing)
 {
     u->h = h, u->w = w;
@@ -312,6 +314,8 @@ static int plan_pass(planner *p, int n, int h, int w, moco_error *err)
         if (blk->has_down)
             plan_unit(p, &blk->down, n, blk->units[0].h, blk->units[0].w, bit(x) | bit(in), 1);
         blk->out = blk->units[blk->nunits - 1].out;
+        if (blk->has_down) /* its batch norm adds into the block's output (gpu_resnet_forward) */
+            blk->down.out = blk->out;
         cur = in;
     }
     if (h < 1 || w < 1)
@@ -350,9 +354,6 @@ static int plan(gpu_resnet *net, int n, int h, int w, moco_error *err)
              (net->grads[0] = gpu_alloc(g, GRADS * slot * p.elem, err));
         for (int i = 1; ok && i < GRADS; i++)
             net->grads[i] = (char *)net->grads[0] + i * slot * p.elem;
-        for (int i = 0; ok && i < net->nblocks; i++) /* downsample outputs: see resnet.c */
-            if (net->blocks[i].has_down)
-                net->blocks[i].down.out = net->grads[0];
     }
     if (!ok) {
         release_plan(net);
@@ -364,16 +365,19 @@ static int plan(gpu_resnet *net, int n, int h, int w, moco_error *err)
 
 /* ---- forward ---- */
 
-static int unit_forward(gpu_resnet *net, unit *u, const void *x, int train, int groups, moco_error *err)
+/* conv, then BN into u->out; with a shortcut, the block's end: ReLU(BN + shortcut) (see gpu.h). */
+static int unit_forward(gpu_resnet *net, unit *u, const void *x, const void *shortcut, int train, int groups,
+                        moco_error *err)
 {
     float *P = net->param, *B = net->buffer;
     u->in = x;
     if (gpu_conv_forward(u->conv, x, net->n, u->h, u->w, P + u->weight, u->conv_out, err))
         return moco_prefix(err, "%dx%d conv %d->%d", u->kernel, u->kernel, u->in_c, u->out_c);
     int rc = train ? gpu_bn_forward_train(u->bn, u->conv_out, net->n, u->oh, u->ow, groups, P + u->bn_weight,
-                                          P + u->bn_bias, u->out, B + u->running_mean, B + u->running_var, err)
+                                          P + u->bn_bias, shortcut, u->out, B + u->running_mean, B + u->running_var,
+                                          err)
                    : gpu_bn_forward_eval(u->bn, u->conv_out, net->n, u->oh, u->ow, P + u->bn_weight, P + u->bn_bias,
-                                         B + u->running_mean, B + u->running_var, u->out, err);
+                                         B + u->running_mean, B + u->running_var, shortcut, u->out, err);
     return rc ? moco_prefix(err, "batch norm of %d channels", u->out_c) : MOCO_OK;
 }
 
@@ -385,7 +389,7 @@ int gpu_resnet_forward(gpu_resnet *net, const void *x, int n, int h, int w, int 
         return MOCO_ERR;
     net->input = x;
     net->last_train_groups = train ? bn_groups : 0;
-    if (unit_forward(net, &net->stem, x, train, bn_groups, err))
+    if (unit_forward(net, &net->stem, x, NULL, train, bn_groups, err))
         return MOCO_ERR;
     const void *cur = net->stem.out;
     if (net->has_pool) {
@@ -396,20 +400,17 @@ int gpu_resnet_forward(gpu_resnet *net, const void *x, int n, int h, int w, int 
     for (int i = 0; i < net->nblocks; i++) {
         block *blk = &net->blocks[i];
         blk->in = cur;
+        /* The residual add and its ReLU ride on the block's last batch norm: the last unit's, with
+         * the block's input as shortcut, or the downsample's, whose output is then never stored:
+         * it adds to the last unit's output in place (blk->down.out is blk->out). */
         for (int u = 0; u < blk->nunits; u++) {
-            if (unit_forward(net, &blk->units[u], cur, train, bn_groups, err))
+            const void *shortcut = u == blk->nunits - 1 && !blk->has_down ? blk->in : NULL;
+            if (unit_forward(net, &blk->units[u], cur, shortcut, train, bn_groups, err))
                 return moco_prefix(err, "block %d", i);
             cur = blk->units[u].out;
         }
-        const void *shortcut = blk->in;
-        if (blk->has_down) {
-            if (unit_forward(net, &blk->down, blk->in, train, bn_groups, err))
-                return moco_prefix(err, "block %d downsample", i);
-            shortcut = blk->down.out;
-        }
-        unit *last = &blk->units[blk->nunits - 1];
-        if (gpu_add_relu_forward(net->g, blk->out, shortcut, (size_t)n * last->oh * last->ow * last->out_c, err))
-            return moco_prefix(err, "block %d", i);
+        if (blk->has_down && unit_forward(net, &blk->down, blk->in, blk->out, train, bn_groups, err))
+            return moco_prefix(err, "block %d downsample", i);
     }
     if (train)
         net->num_batches_tracked++;

@@ -92,20 +92,6 @@ TEST(test_relu_backward_zeroes_where_output_not_positive)
     CHECK_DEVICE(d_dy, 1, dy, COUNT, tolerance(), "relu_backward");
 }
 
-TEST(test_add_relu_forward_matches_cpu)
-{
-    moco_error err;
-    float *y = host_normal(COUNT, 3), *s = host_normal(COUNT, 4);
-    CHECK(y && s);
-    as_activations(y, COUNT);
-    as_activations(s, COUNT);
-    void *d_y = keep_act(y, COUNT), *d_s = keep_act(s, COUNT);
-    CHECK(d_y && d_s);
-    CHECK_OK(gpu_add_relu_forward(g, d_y, d_s, COUNT, &err), &err);
-    add_relu_forward(y, s, COUNT);
-    CHECK_DEVICE(d_y, 1, y, COUNT, tolerance(), "add_relu_forward");
-}
-
 TEST(test_add_inplace_matches_cpu)
 {
     moco_error err;
@@ -549,7 +535,6 @@ TEST(test_enqueue_wraps_around_and_advances_the_pointer)
 static void run_all(void)
 {
     RUN_RELEASED(test_relu_backward_zeroes_where_output_not_positive);
-    RUN_RELEASED(test_add_relu_forward_matches_cpu);
     RUN_RELEASED(test_add_inplace_matches_cpu);
     RUN_RELEASED(test_linear_forward_with_and_without_bias);
     RUN_RELEASED(test_linear_backward_with_and_without_bias_and_dx);

@@ -23,15 +23,17 @@ static int fill_channels(float *v, size_t count, int c, uint64_t seed, double of
 
 /* ---- batch norm, training: forward against the CPU, then backward ---- */
 
+enum { NO_SHORTCUT, SHORTCUT, SHORTCUT_IN_PLACE }; /* a residual block's end: y = ReLU(BN(x) + s) */
+
 typedef struct {
-    int n, h, w, c, groups, fuse, in_place;
+    int n, h, w, c, groups, fuse, in_place, shortcut;
     /* spreads of the channels' means of x and dy, in units of their typical deviation */
     double x_offset, dy_offset;
     size_t count;
-    float *x, *y, *dy, *dx, *weight, *bias, *running_mean, *running_var, *dweight, *dbias; /* host; CPU results */
+    float *x, *y, *dy, *dx, *s, *weight, *bias, *running_mean, *running_var, *dweight, *dbias; /* host; CPU results */
     batchnorm *cpu;
     gpu_bn *dev;
-    void *d_x, *d_y, *d_dy, *d_dx;
+    void *d_x, *d_y, *d_dy, *d_dx, *d_s;
     float *d_weight, *d_bias, *d_running_mean, *d_running_var, *d_dweight, *d_dbias;
 } bn_case;
 
@@ -51,6 +53,12 @@ static void bn_train_compare(bn_case *t, const char *name)
         t->running_var[k] = 0.5f + fabsf(t->running_var[k]);
     CHECK(t->d_x = dev_act(t->x, count));
     CHECK(t->d_y = dev_act(NULL, count));
+    if (t->shortcut) {
+        CHECK(fill_channels(t->s, count, c, 17, 1.0, 1.0));
+        as_activations(t->s, count);
+        CHECK(t->d_s = dev_act(t->s, count));
+    }
+    void *d_y = t->shortcut == SHORTCUT_IN_PLACE ? t->d_s : t->d_y;
     CHECK(t->d_weight = dev_f32(t->weight, c));
     CHECK(t->d_bias = dev_f32(t->bias, c));
     CHECK(t->d_running_mean = dev_f32(t->running_mean, c));
@@ -62,10 +70,12 @@ static void bn_train_compare(bn_case *t, const char *name)
 
     CHECK_OK(batchnorm_forward_train(t->cpu, t->x, t->n, t->h, t->w, t->groups, t->weight, t->bias, t->y,
                                      t->running_mean, t->running_var, &err), &err);
-    CHECK_OK(gpu_bn_forward_train(t->dev, t->d_x, t->n, t->h, t->w, t->groups, t->d_weight, t->d_bias, t->d_y,
+    if (t->shortcut)
+        add_relu_forward(t->y, t->s, count);
+    CHECK_OK(gpu_bn_forward_train(t->dev, t->d_x, t->n, t->h, t->w, t->groups, t->d_weight, t->d_bias, t->d_s, d_y,
                                   t->d_running_mean, t->d_running_var, &err), &err);
     snprintf(what, sizeof what, "%s: y", name);
-    CHECK_DEVICE(t->d_y, 1, t->y, count, tolerance(), what);
+    CHECK_DEVICE(d_y, 1, t->y, count, tolerance(), what);
     snprintf(what, sizeof what, "%s: running_mean", name);
     CHECK_DEVICE(t->d_running_mean, 0, t->running_mean, (size_t)c, tolerance(), what);
     snprintf(what, sizeof what, "%s: running_var", name);
@@ -83,7 +93,7 @@ static void bn_train_compare(bn_case *t, const char *name)
     CHECK(t->d_dx = dev_act(NULL, count));
     CHECK_OK(batchnorm_backward(t->cpu, t->x, t->dy, t->weight, t->bias, t->dx, t->dweight, t->dbias, &err), &err);
     void *d_out = t->in_place ? t->d_dy : t->d_dx;
-    CHECK_OK(gpu_bn_backward(t->dev, t->d_x, t->d_y, t->d_dy, t->d_weight, d_out, t->d_dweight, t->d_dbias, &err),
+    CHECK_OK(gpu_bn_backward(t->dev, t->d_x, d_y, t->d_dy, t->d_weight, d_out, t->d_dweight, t->d_dbias, &err),
              &err);
     snprintf(what, sizeof what, "%s: dx", name);
     CHECK_DEVICE(d_out, 1, t->dx, count, tolerance(), what);
@@ -94,12 +104,12 @@ static void bn_train_compare(bn_case *t, const char *name)
 }
 
 /* Allocate a case, compare, free everything whether or not the comparison passed. */
-static void bn_train_case(int n, int h, int w, int c, int groups, int fuse, int in_place, double x_offset,
-                          double dy_offset, const char *name)
+static void bn_case_run(int n, int h, int w, int c, int groups, int fuse, int in_place, int shortcut,
+                        double x_offset, double dy_offset, const char *name)
 {
     bn_case t = {.n = n, .h = h, .w = w, .c = c, .groups = groups, .fuse = fuse, .in_place = in_place,
-                 .x_offset = x_offset, .dy_offset = dy_offset, .count = (size_t)n * h * w * c};
-    float **host[] = {&t.x, &t.y, &t.dy, &t.dx};
+                 .shortcut = shortcut, .x_offset = x_offset, .dy_offset = dy_offset, .count = (size_t)n * h * w * c};
+    float **host[] = {&t.x, &t.y, &t.dy, &t.dx, &t.s};
     float **vec[] = {&t.weight, &t.bias, &t.running_mean, &t.running_var, &t.dweight, &t.dbias};
     int ok = 1;
     for (size_t i = 0; i < sizeof host / sizeof *host; i++)
@@ -114,7 +124,7 @@ static void bn_train_case(int n, int h, int w, int c, int groups, int fuse, int 
         free(*host[i]);
     for (size_t i = 0; i < sizeof vec / sizeof *vec; i++)
         free(*vec[i]);
-    void *dev[] = {t.d_x, t.d_y, t.d_dy, t.d_dx, t.d_weight, t.d_bias, t.d_running_mean, t.d_running_var,
+    void *dev[] = {t.d_x, t.d_y, t.d_dy, t.d_dx, t.d_s, t.d_weight, t.d_bias, t.d_running_mean, t.d_running_var,
                    t.d_dweight, t.d_dbias};
     for (size_t i = 0; i < sizeof dev / sizeof *dev; i++)
         gpu_free(g, dev[i]);
@@ -122,7 +132,13 @@ static void bn_train_case(int n, int h, int w, int c, int groups, int fuse, int 
     gpu_bn_destroy(t.dev);
 }
 
-/* 80 channels: the last tile of 32 is half used. */
+static void bn_train_case(int n, int h, int w, int c, int groups, int fuse, int in_place, double x_offset,
+                          double dy_offset, const char *name)
+{
+    bn_case_run(n, h, w, c, groups, fuse, in_place, NO_SHORTCUT, x_offset, dy_offset, name);
+}
+
+/* 80 channels: in f32 20 packs of 4, in bf16 10 packs of 8, so rows of 20 or 10 threads. */
 TEST(test_bn_train_matches_cpu) { bn_train_case(16, 10, 10, 80, 1, 0, 0, 3.0, 0.5, "bn"); }
 TEST(test_bn_train_relu_matches_cpu) { bn_train_case(16, 10, 10, 80, 1, 1, 0, 3.0, 0.5, "bn+relu"); }
 TEST(test_bn_train_groups_matches_cpu) { bn_train_case(16, 9, 7, 96, 4, 0, 0, 3.0, 0.5, "bn 4 groups"); }
@@ -144,12 +160,24 @@ TEST(test_bn_train_large_batch_groups_matches_cpu)
     bn_train_case(64, 28, 28, 64, 4, 0, 0, 10.0, 0.0, "bn 64x28x28x64 4 groups");
 }
 
+/* 30 channels come in no packs: a thread per channel, the last tile of 32 partly used. */
+TEST(test_bn_train_unpacked_channels_matches_cpu) { bn_train_case(8, 6, 5, 30, 2, 1, 0, 3.0, 0.5, "bn+relu 30 ch"); }
+/* A residual block's end, y = ReLU(BN(x) + s): into its own buffer, and over the shortcut. */
+TEST(test_bn_train_shortcut_matches_cpu)
+{
+    bn_case_run(16, 10, 10, 64, 1, 0, 0, SHORTCUT, 3.0, 0.5, "bn+shortcut");
+}
+TEST(test_bn_train_shortcut_in_place_matches_cpu)
+{
+    bn_case_run(16, 9, 7, 96, 4, 0, 1, SHORTCUT_IN_PLACE, 3.0, 0.5, "bn+shortcut in place, 4 groups");
+}
+
 TEST(test_bn_rejects_uneven_groups)
 {
     moco_error err;
     gpu_bn *bn = gpu_bn_create(g, 8, 0, &err);
     CHECK(bn);
-    int rc = gpu_bn_forward_train(bn, NULL, 6, 4, 4, 4, NULL, NULL, NULL, NULL, NULL, &err);
+    int rc = gpu_bn_forward_train(bn, NULL, 6, 4, 4, 4, NULL, NULL, NULL, NULL, NULL, NULL, &err);
     gpu_bn_destroy(bn);
     CHECK(rc != 0);
     CHECK(strstr(err.msg, "6x4x4"));
@@ -167,8 +195,8 @@ TEST(test_bn_backward_needs_forward)
 
 /* ---- batch norm, evaluation ---- */
 
-static void bn_eval_compare(int fuse, float *x, float *y, float *params, size_t count, int n, int h, int w, int c,
-                            void **d_x, void **d_y, float **d_params, batchnorm **cpu, gpu_bn **dev)
+static void bn_eval_compare(int fuse, float *s, float *x, float *y, float *params, size_t count, int n, int h, int w,
+                            int c, void **d_x, void **d_y, void **d_s, float **d_params, batchnorm **cpu, gpu_bn **dev)
 {
     moco_error err;
     float *weight = params, *bias = params + c, *rmean = params + 2 * c, *rvar = params + 3 * c;
@@ -182,36 +210,45 @@ static void bn_eval_compare(int fuse, float *x, float *y, float *params, size_t 
         rvar[k] = 0.5f + fabsf(rvar[k]);
     CHECK(*d_x = dev_act(x, count));
     CHECK(*d_y = dev_act(NULL, count));
+    if (s) {
+        CHECK(fill_channels(s, count, c, 26, 1.0, 1.0));
+        as_activations(s, count);
+        CHECK(*d_s = dev_act(s, count));
+    }
     CHECK(*d_params = dev_f32(params, 4 * (size_t)c));
     CHECK(*cpu = batchnorm_create(be, c, fuse, &err));
     CHECK(*dev = gpu_bn_create(g, c, fuse, &err));
     CHECK_OK(batchnorm_forward_eval(*cpu, x, n, h, w, weight, bias, rmean, rvar, y, &err), &err);
+    if (s)
+        add_relu_forward(y, s, count);
     float *dp = *d_params;
-    CHECK_OK(gpu_bn_forward_eval(*dev, *d_x, n, h, w, dp, dp + c, dp + 2 * c, dp + 3 * c, *d_y, &err), &err);
-    CHECK_DEVICE(*d_y, 1, y, count, tolerance(), fuse ? "bn+relu eval: y" : "bn eval: y");
+    CHECK_OK(gpu_bn_forward_eval(*dev, *d_x, n, h, w, dp, dp + c, dp + 2 * c, dp + 3 * c, *d_s, *d_y, &err), &err);
+    CHECK_DEVICE(*d_y, 1, y, count, tolerance(), s ? "bn+shortcut eval: y" : fuse ? "bn+relu eval: y" : "bn eval: y");
 }
 
-static void bn_eval_case(int fuse)
+static void bn_eval_case(int fuse, int shortcut)
 {
     int n = 8, h = 7, w = 9, c = 72;
     size_t count = (size_t)n * h * w * c;
     float *x = malloc(sizeof(float) * count), *y = malloc(sizeof(float) * count), *params = malloc(sizeof(float) * 4 * c);
-    void *d_x = NULL, *d_y = NULL;
+    float *s = shortcut ? malloc(sizeof(float) * count) : NULL;
+    void *d_x = NULL, *d_y = NULL, *d_s = NULL;
     float *d_params = NULL;
     batchnorm *cpu = NULL;
     gpu_bn *dev = NULL;
-    if (x && y && params)
-        bn_eval_compare(fuse, x, y, params, count, n, h, w, c, &d_x, &d_y, &d_params, &cpu, &dev);
+    if (x && y && params && (s || !shortcut))
+        bn_eval_compare(fuse, s, x, y, params, count, n, h, w, c, &d_x, &d_y, &d_s, &d_params, &cpu, &dev);
     else
         snprintf(test_fail_where, sizeof test_fail_where, "bn eval: out of memory"), test_failed_flag = 1;
-    free(x), free(y), free(params);
-    gpu_free(g, d_x), gpu_free(g, d_y), gpu_free(g, d_params);
+    free(x), free(y), free(s), free(params);
+    gpu_free(g, d_x), gpu_free(g, d_y), gpu_free(g, d_s), gpu_free(g, d_params);
     batchnorm_destroy(cpu);
     gpu_bn_destroy(dev);
 }
 
-TEST(test_bn_eval_matches_cpu) { bn_eval_case(0); }
-TEST(test_bn_eval_relu_matches_cpu) { bn_eval_case(1); }
+TEST(test_bn_eval_matches_cpu) { bn_eval_case(0, 0); }
+TEST(test_bn_eval_relu_matches_cpu) { bn_eval_case(1, 0); }
+TEST(test_bn_eval_shortcut_matches_cpu) { bn_eval_case(0, 1); }
 
 /* ---- max-pool 3x3 stride 2 pad 1 ---- */
 
@@ -265,6 +302,8 @@ static void maxpool_case(int n, int h, int w, int c, const char *name)
 TEST(test_maxpool_even_matches_cpu) { maxpool_case(4, 16, 12, 64, "maxpool 16x12"); }
 /* odd sizes: the last window row and column hang over the padding, the last patch is cut */
 TEST(test_maxpool_odd_matches_cpu) { maxpool_case(3, 15, 9, 40, "maxpool 15x9"); }
+/* 6 channels come in no 16-byte packs: a thread per channel */
+TEST(test_maxpool_unpacked_channels_matches_cpu) { maxpool_case(2, 11, 10, 6, "maxpool 11x10, 6 channels"); }
 
 /* ---- global average pool ---- */
 
@@ -313,12 +352,17 @@ static void run_all(void)
     RUN(test_bn_train_groups_relu_in_place_matches_cpu);
     RUN(test_bn_train_large_batch_matches_cpu);
     RUN(test_bn_train_large_batch_groups_matches_cpu);
+    RUN(test_bn_train_unpacked_channels_matches_cpu);
+    RUN(test_bn_train_shortcut_matches_cpu);
+    RUN(test_bn_train_shortcut_in_place_matches_cpu);
     RUN(test_bn_rejects_uneven_groups);
     RUN(test_bn_backward_needs_forward);
     RUN(test_bn_eval_matches_cpu);
     RUN(test_bn_eval_relu_matches_cpu);
+    RUN(test_bn_eval_shortcut_matches_cpu);
     RUN(test_maxpool_even_matches_cpu);
     RUN(test_maxpool_odd_matches_cpu);
+    RUN(test_maxpool_unpacked_channels_matches_cpu);
     RUN(test_avgpool_matches_cpu);
 }
 

@@ -115,14 +115,18 @@ elif "$bin/moco-shard" -q --out "$work/shards" tests/fixtures/image >>"$logs/too
     "$bin/moco-augment" -q --size 32 --epochs 8 --level 0 -o "$work/pairs.tsz" "$work/shards" >>"$logs/tools.log" 2>&1 &&
     "$bin/moco-augment" -q --recipe eval --size 32 --resize 32 --level 0 -o "$work/eval.tsz" "$work/shards" >>"$logs/tools.log" 2>&1; then
     pre() { "$bin/moco-pretrain" $M "$@" "$work/pairs.tsz"; }
-    same() { "$cmp" "$work/$1/last.tsz" "$work/$2/last.tsz" "$3"; }
+    # Float32 training on another device adds in another order, and now and then a pre-ReLU value
+    # within a rounding of zero takes the other sign, moving its element's gradient and the few
+    # tensors it feeds (an H200 run: 4 of 313 at 2-6e-3, the rest within 1e-5). A few such tensors
+    # may pass 2e-3 (none 2e-2); a wrong op moves most of them.
+    same() { "$cmp" "$work/$1/last.tsz" "$work/$2/last.tsz" 2e-3 8 2e-2; }
     cpu_runs() {
         pre --max-steps 1 --log "$work/cpu1.jsonl" --log-every 1 --out "$work/cpu1" && pre --max-steps 4 --out "$work/cpu" && pre --max-steps 6 --out "$work/cpu6" &&
             echo "1, 4 and 6 steps"
     }
-    gpu_f32() { pre --device cuda --precision f32 --max-steps 4 --out "$work/gpu" && same gpu cpu 2e-3; }
-    gpu_to_cpu() { pre --max-steps 6 --resume "$work/gpu/last.tsz" --out "$work/g2c" && same g2c cpu6 2e-3; }
-    cpu_to_gpu() { pre --device cuda --precision f32 --max-steps 6 --resume "$work/cpu/last.tsz" --out "$work/c2g" && same c2g cpu6 2e-3; }
+    gpu_f32() { pre --device cuda --precision f32 --max-steps 4 --out "$work/gpu" && same gpu cpu; }
+    gpu_to_cpu() { pre --max-steps 6 --resume "$work/gpu/last.tsz" --out "$work/g2c" && same g2c cpu6; }
+    cpu_to_gpu() { pre --device cuda --precision f32 --max-steps 6 --resume "$work/cpu/last.tsz" --out "$work/c2g" && same c2g cpu6; }
     # bf16: the loss within 2e-2 of the CPU's and every tensor finite (check.h's whole_net_tolerance:
     # at these widths the rest is reported, not held to a bound)
     gpu_bf16() {

@@ -120,3 +120,7 @@ expect help 0 '' -- "$P --help | grep -q 'moco-pretrain'"
 expect compare_equal_runs 0 'worst relative error 0 ' -- "$HELPERS/stream_compare $T/a/last.tsz $T/a2/last.tsz 0 >&2"
 expect compare_different_epochs 1 'relative error' -- "$HELPERS/stream_compare $T/a/ckpt-0001.tsz $T/a/ckpt-0003.tsz 1e-6 >&2"
 expect compare_different_streams 2 'differs in name' -- "$HELPERS/stream_compare $T/a/last.tsz $T/pairs.tsz 0"
+# a few names may pass the tolerance when told how many and how far (the GPU checks' float32 runs)
+expect compare_outliers_within_limit 0 'at most 1000 allowed' -- "$HELPERS/stream_compare $T/a/ckpt-0001.tsz $T/a/ckpt-0003.tsz 1e-6 1000 1e9 >&2"
+expect compare_too_many_outliers 1 'at most 1 allowed' -- "$HELPERS/stream_compare $T/a/ckpt-0001.tsz $T/a/ckpt-0003.tsz 1e-6 1 1e9 >&2"
+expect compare_outlier_past_limit 1 'each within 1e-09' -- "$HELPERS/stream_compare $T/a/ckpt-0001.tsz $T/a/ckpt-0003.tsz 1e-6 1000 1e-9 >&2"
