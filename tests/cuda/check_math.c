@@ -341,6 +341,12 @@ TEST(test_normalise_u8_matches_batcher_formula)
     CHECK(d_x && d_y);
     CHECK_OK(gpu_normalise_u8(g, d_x, PIXELS, C, mean, std, d_y, &err), &err);
     CHECK_DEVICE(d_y, 1, want, PIXELS * C, tolerance(), "normalise_u8");
+    /* one pixel in: neither pointer is 16-byte aligned, so the values go one by one */
+    void *d_y1 = keep_act(NULL, PIXELS * C);
+    CHECK(d_y1);
+    char *from = (char *)d_y1 + C * gpu_act_size(g);
+    CHECK_OK(gpu_normalise_u8(g, d_x + C, PIXELS - 1, C, mean, std, from, &err), &err);
+    CHECK_DEVICE(from, 1, want + C, (PIXELS - 1) * C, tolerance(), "normalise_u8 from an unaligned pixel");
 }
 
 /* Gather and scatter n of ROWS rows of row_bytes bytes, the source `offset` bytes into its buffer

@@ -199,16 +199,17 @@ fi
 
 e2e=""
 if want e2e && [ -n "$(ls "$build"/photos500/*.jpg 2>/dev/null)" ]; then
-    jpegs=$logs/e2e/jpegs
-    mkdir -p "$jpegs"
+    scratch=${TMPDIR:-/tmp}/moco-e2e # the images, shards and checkpoint: too big to come back with the logs
+    jpegs=$scratch/jpegs
+    mkdir -p "$jpegs" "$logs/e2e"
     for i in $(seq 300); do
         for f in "$build"/photos500/*.jpg; do ln -sf "$(cd "$(dirname "$f")" && pwd)/$(basename "$f")" "$jpegs/$i-$(basename "$f")"; done
     done
-    "$build/bin/moco-shard" -q --threads 16 --out "$logs/e2e/shards" "$jpegs" >>"$logs/e2e.log" 2>&1
+    "$build/bin/moco-shard" -q --threads 16 --out "$scratch/shards" "$jpegs" >>"$logs/e2e.log" 2>&1
     # 3000 images: 11 steps of 256 an epoch; 15 epochs cover the 165 steps
-    timeout 200 sh -c "'$build/bin/moco-augment' -q --threads 15 --epochs 15 '$logs/e2e/shards' |
+    timeout 200 sh -c "'$build/bin/moco-augment' -q --threads 15 --epochs 15 '$scratch/shards' |
         '$build/bin/moco-pretrain' -q --device cuda --arch resnet50 --batch 256 --max-steps 165 --log '$logs/e2e/log.jsonl' \
-        --log-every 10 --save-every 0 --out '$logs/e2e/run'" >>"$logs/e2e.log" 2>&1
+        --log-every 10 --save-every 0 --out '$scratch/run'" >>"$logs/e2e.log" 2>&1
     ours=$(awk -F'[:,}]' '/"step"/ { for (i = 1; i < NF; i++) { if ($i ~ /"step"/) s = $(i + 1); if ($i ~ /"pairs_per_s"/) p = $(i + 1); if ($i ~ /"data_wait"/) w = $(i + 1) }
         if (s > 40 && s <= 160) { n++; ps += p; ws += w } } END { if (n) printf "%.0f pairs/s, data wait %.0f%%", ps / n, 100 * ws / n }' "$logs/e2e/log.jsonl" 2>/dev/null)
     py_within 200 "$build/peers/moco_torch.py" --device cuda $R50 --amp bf16 \
