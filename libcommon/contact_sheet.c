@@ -1,12 +1,11 @@
 /* contact_sheet.c — see contact_sheet.h. */
 #include "contact_sheet.h"
+#include "output.h"
 
-#include <errno.h>
 #include <png.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 
 enum { GAP = 2, BACKGROUND = 40 };
 
@@ -105,22 +104,14 @@ int contact_sheet_write_png(const contact_sheet *s, const char *path, moco_error
     pi.width = (png_uint_32)W;
     pi.height = (png_uint_32)H;
     pi.format = PNG_FORMAT_RGB;
-    size_t n = strlen(path) + 32;
-    char *tmp = malloc(n);
-    int rc = MOCO_OK;
-    if (!tmp) {
-        rc = moco_fail(err, "%s: out of memory", path);
-    } else {
-        snprintf(tmp, n, "%s.tmp.%ld", path, (long)getpid());
-        if (!png_image_write_to_file(&pi, tmp, 0, img, 0, NULL)) {
-            rc = moco_fail(err, "%s: cannot write PNG: %s", path, pi.message);
-            unlink(tmp);
-        } else if (rename(tmp, path) != 0) {
-            rc = moco_fail(err, "%s: cannot rename into place: %s", path, strerror(errno));
-            unlink(tmp);
-        }
+    output out;
+    int rc = output_begin(&out, path, err);
+    if (!rc && !png_image_write_to_file(&pi, out.write_to, 0, img, 0, NULL)) {
+        rc = moco_fail(err, "%s: cannot write PNG: %s", path, pi.message);
+        output_discard(&out);
+    } else if (!rc) {
+        rc = output_commit(&out, err);
     }
-    free(tmp);
     free(img);
     return rc;
 }

@@ -2,6 +2,7 @@
  * way the reference Rust crate's Metadata::validate does; the writer builds the header with jansson
  * too, so names are escaped exactly as JSON requires. */
 #include "safetensors.h"
+#include "output.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -453,24 +454,6 @@ static int write_all(int fd, const void *buf, size_t len, const char *path, moco
     return MOCO_OK;
 }
 
-/* After a rename, the directory entry itself must reach the disk. Best effort: some file systems
- * refuse fsync on a directory. */
-static void sync_directory_of(const char *path)
-{
-    char *dir = strdup(path);
-    if (!dir)
-        return;
-    char *slash = strrchr(dir, '/');
-    if (slash)
-        slash[slash == dir ? 1 : 0] = '\0';
-    int fd = open(slash ? dir : ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    free(dir);
-    if (fd >= 0) {
-        (void)fsync(fd);
-        close(fd);
-    }
-}
-
 int safetensors_write(const char *path, const tensor *tensors, int n, const char *const *meta_keys,
                       const char *const *meta_values, int nmeta, moco_error *err)
 {
@@ -478,36 +461,30 @@ int safetensors_write(const char *path, const tensor *tensors, int n, const char
     uint8_t *header = build_header(path, tensors, n, meta_keys, meta_values, nmeta, &header_len, err);
     if (!header)
         return MOCO_ERR;
-    size_t tmp_size = strlen(path) + 32;
-    char *tmp = malloc(tmp_size);
-    if (!tmp) {
+    output out;
+    if (output_begin(&out, path, err)) {
         free(header);
-        return moco_fail(err, "%s: out of memory", path);
+        return MOCO_ERR;
     }
-    snprintf(tmp, tmp_size, "%s.tmp.%ld", path, (long)getpid());
-
     int rc = MOCO_OK;
-    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0666);
+    int fd = open(out.write_to, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0666);
     if (fd < 0) {
-        rc = moco_fail(err, "%s: cannot create %s: %s", path, tmp, strerror(errno));
+        rc = moco_fail(err, "%s: cannot create %s: %s", path, out.write_to, strerror(errno));
         goto out;
     }
     rc = write_all(fd, header, header_len, path, err);
     for (int i = 0; i < n && !rc; i++)
         rc = write_all(fd, tensors[i].data, (size_t)tensor_nbytes(&tensors[i]), path, err);
     /* Durable before visible: data on disk, then the rename, then the directory entry. */
-    if (!rc && fsync(fd) != 0)
+    if (!rc && !out.in_place && fsync(fd) != 0)
         rc = io_fail(path, "fsync", err);
     if (close(fd) != 0 && !rc)
         rc = io_fail(path, "close", err);
-    if (!rc && rename(tmp, path) != 0)
-        rc = moco_fail(err, "%s: cannot rename %s into place: %s", path, tmp, strerror(errno));
-    if (rc)
-        unlink(tmp);
-    else
-        sync_directory_of(path);
 out:
-    free(tmp);
+    if (rc)
+        output_discard(&out);
+    else
+        rc = output_commit(&out, err);
     free(header);
     return rc;
 }

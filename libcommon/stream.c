@@ -13,6 +13,7 @@
  *     tensor data, each padded to 64 bytes, in descriptor order
  * The 64-byte padding keeps every tensor 64-byte aligned in the reader's buffer. */
 #include "stream.h"
+#include "output.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -25,6 +26,7 @@
 #include <sys/stat.h>
 #include <sys/uio.h>
 #include <unistd.h>
+
 #include <xxhash.h>
 #if defined(__x86_64__) || defined(__i386__)
 #include <xxh_x86dispatch.h> /* XXH3 with AVX2/AVX-512 when the CPU has them: 3x faster */
@@ -64,7 +66,8 @@ int stream_default_level(const char *path)
 {
     struct stat st;
     int to_stdout = !path || !strcmp(path, "-");
-    int to_pipe = to_stdout && fstat(STDOUT_FILENO, &st) == 0 && (S_ISFIFO(st.st_mode) || S_ISSOCK(st.st_mode));
+    int known = to_stdout ? fstat(STDOUT_FILENO, &st) == 0 : stat(path, &st) == 0;
+    int to_pipe = known && (S_ISFIFO(st.st_mode) || S_ISSOCK(st.st_mode) || (!to_stdout && S_ISCHR(st.st_mode)));
     return to_pipe ? 0 : 3;
 }
 
@@ -249,7 +252,7 @@ const tensor *stream_record_find(const stream_record *r, const char *name)
 
 struct stream_writer {
     int fd, own_fd;
-    char *path, *tmp_path; /* both NULL when writing to a descriptor */
+    output dest;           /* writing to a path (dest.write_to not NULL until committed) */
     char name[256];        /* for messages */
     ZSTD_CCtx *cctx;       /* NULL for raw records */
     uint8_t *out;          /* raw: staging for small records; zstd: compressed bytes */
@@ -484,16 +487,13 @@ static void writer_free(stream_writer *w)
         return;
     if (w->own_fd && w->fd >= 0)
         close(w->fd);
-    if (w->tmp_path)
-        unlink(w->tmp_path);
+    output_discard(&w->dest);
     if (w->ring)
         munmap(w->ring, ZC_RING);
     ZSTD_freeCCtx(w->cctx);
     XXH3_freeState(w->xxh);
     free(w->out);
     free(w->prefix);
-    free(w->path);
-    free(w->tmp_path);
     free(w);
 }
 
@@ -575,25 +575,22 @@ stream_writer *stream_writer_open(const char *path, const stream_options *opt,
     if (!path || strcmp(path, "-") == 0)
         return stream_writer_open_fd(STDOUT_FILENO, "(stdout)", opt, h, err);
     stream_writer *w = calloc(1, sizeof *w);
-    size_t n = strlen(path) + 32;
-    char *tmp = malloc(n);
-    if (!w || !tmp || !(w->path = strdup(path))) {
-        free(w);
-        free(tmp);
+    if (!w) {
         moco_fail(err, "out of memory");
         return NULL;
     }
-    snprintf(tmp, n, "%s.tmp.%ld", path, (long)getpid());
     snprintf(w->name, sizeof w->name, "%s", path);
-    w->own_fd = 1;
-    w->fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0666);
-    if (w->fd < 0) {
-        moco_fail(err, "%s: cannot create: %s", path, strerror(errno));
-        free(tmp);
+    w->own_fd = 1, w->fd = -1;
+    if (output_begin(&w->dest, path, err)) {
         writer_free(w);
         return NULL;
     }
-    w->tmp_path = tmp;
+    w->fd = open(w->dest.write_to, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0666);
+    if (w->fd < 0) {
+        moco_fail(err, "%s: cannot create: %s", path, strerror(errno));
+        writer_free(w);
+        return NULL;
+    }
     return writer_start(w, opt, h, err);
 }
 
@@ -616,23 +613,6 @@ int64_t stream_writer_records(const stream_writer *w) { return w->records; }
 
 void stream_writer_abort(stream_writer *w) { writer_free(w); }
 
-static int sync_directory_of(const char *path)
-{
-    char *dir = strdup(path);
-    if (!dir)
-        return -1;
-    char *slash = strrchr(dir, '/');
-    if (slash)
-        slash[slash == dir ? 1 : 0] = '\0';
-    int fd = open(slash ? dir : ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    free(dir);
-    if (fd < 0)
-        return -1;
-    int rc = fsync(fd);
-    close(fd);
-    return rc;
-}
-
 int stream_writer_close(stream_writer *w, moco_error *err)
 {
     char meta[64];
@@ -640,21 +620,16 @@ int stream_writer_close(stream_writer *w, moco_error *err)
     int rc = write_record(w, REC_END, NULL, meta, err);
     if (!rc)
         rc = w->cctx ? emit(w, NULL, 0, ZSTD_e_end, err) : flush_out(w, err);
-    if (!rc && w->tmp_path) {
-        /* Durable before visible: data on disk, then the rename, then the directory entry. */
-        if (fsync(w->fd) != 0)
+    if (!rc && w->dest.write_to) {
+        /* Durable before visible: data on disk, then the rename, then the directory entry (a
+         * device or FIFO written in place has neither to do). */
+        if (!w->dest.in_place && fsync(w->fd) != 0)
             rc = moco_fail(err, "%s: fsync failed: %s", w->name, strerror(errno));
-        else if (close(w->fd) != 0)
+        if (close(w->fd) != 0 && !rc)
             rc = moco_fail(err, "%s: close failed: %s", w->name, strerror(errno));
         w->fd = -1;
-        if (!rc && rename(w->tmp_path, w->path) != 0)
-            rc = moco_fail(err, "%s: cannot rename %s into place: %s", w->name, w->tmp_path,
-                           strerror(errno));
-        if (!rc) {
-            free(w->tmp_path);
-            w->tmp_path = NULL; /* now the real file: writer_free must not unlink it */
-            (void)sync_directory_of(w->path);
-        }
+        if (!rc)
+            rc = output_commit(&w->dest, err);
     }
     writer_free(w);
     return rc;

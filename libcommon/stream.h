@@ -144,8 +144,9 @@ const char *stream_reader_encoding(const stream_reader *r);
 void stream_reader_close(stream_reader *r);
 
 /* The zstd level a tool writes at unless told: 0 (raw records: the reader is a process on the same
- * machine, and compressing costs more than the copy) when path is NULL or "-" and standard output is
- * a pipe or socket, 3 into a file. */
+ * machine, and compressing costs more than the copy) into a pipe or socket (standard output when
+ * path is NULL or "-", or a FIFO named by path) and into a device named by path (/dev/null), 3 into
+ * a file. */
 int stream_default_level(const char *path);
 
 /* 1 when a file's first n bytes (n >= 4) start a tensor stream: a record or a zstd frame. Lets a tool

@@ -23,6 +23,7 @@
 #include "gpu_api.h"
 #include "linear_eval.h"
 #include "metrics.h"
+#include "output.h"
 #include "progress.h"
 #include "safetensors.h"
 
@@ -204,16 +205,24 @@ static json_t *report_json(const run *r, const char *mode, const linear_scores *
 static int write_json(json_t *o, const char *path)
 {
     int to_stdout = strcmp(path, "-") == 0;
-    char tmp[4200];
-    snprintf(tmp, sizeof tmp, "%s.tmp.%ld", path, (long)getpid());
-    FILE *f = to_stdout ? stdout : fopen(tmp, "w");
-    if (!f)
+    moco_error err;
+    output out = {0};
+    if (!to_stdout && output_begin(&out, path, &err))
+        return cli_error("%s", err.msg);
+    FILE *f = to_stdout ? stdout : fopen(out.write_to, "w");
+    if (!f) {
+        output_discard(&out);
         return cli_error("%s: cannot open: %m", path);
+    }
     int bad = json_dumpf(o, f, JSON_INDENT(2) | JSON_REAL_PRECISION(10)) != 0 || fputc('\n', f) == EOF;
-    bad |= to_stdout ? fflush(f) != 0 : fclose(f) != 0 || rename(tmp, path) != 0;
-    if (bad && !to_stdout)
-        unlink(tmp);
-    return bad ? cli_error("%s: cannot write the report: %m", path) : 0;
+    bad |= to_stdout ? fflush(f) != 0 : fclose(f) != 0;
+    if (to_stdout)
+        return bad ? cli_error("%s: cannot write the report: %m", path) : 0;
+    if (bad) {
+        output_discard(&out);
+        return cli_error("%s: cannot write the report: %m", path);
+    }
+    return output_commit(&out, &err) ? cli_error("%s", err.msg) : 0;
 }
 
 static void print_text(const run *r, const char *mode, const linear_scores *train, const linear_scores *eval,
