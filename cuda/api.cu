@@ -12,6 +12,7 @@ extern "C" __attribute__((visibility("default"))) const gpu_api *moco_cuda_api(v
         gpu_trainer_graph_failed,
         gpu_trainer_join,
         gpu_trainer_step,
+        gpu_trainer_upload_next,
         gpu_trainer_download,
         gpu_trainer_host_alloc,
         gpu_trainer_host_free,

@@ -272,6 +272,11 @@ const char *gpu_trainer_describe(const gpu_trainer *t);
  * page-locked memory go straight to the device; others through the trainer's staging buffer. */
 int gpu_trainer_step(gpu_trainer *t, const uint8_t *host_q, const uint8_t *host_k, int n, const int64_t *host_perm,
                      double lr, moco_result *result, moco_error *err);
+/* The views of the step after the next one (page-locked, as the batcher's: others are ignored),
+ * to copy to the device during the next step on a stream of their own: that step's compute then
+ * hides the copy, and the step given these same pointers waits for it instead of copying. The
+ * memory must stay as it is until that step. */
+void gpu_trainer_upload_next(gpu_trainer *t, const uint8_t *host_q, const uint8_t *host_k, int n);
 /* The device state into the host moco and optimiser (for a checkpoint). */
 int gpu_trainer_download(gpu_trainer *t, moco *host, sgd *opt, moco_error *err);
 /* Page-locked host memory (NULL when refused): views there are copied without staging. Free it

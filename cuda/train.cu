@@ -6,7 +6,10 @@
  * A step's device work has fixed addresses once the first step has sized every buffer, chosen every
  * algorithm and grown every workspace: so from the second step on it is captured once as a CUDA
  * graph and replayed, a few hundred launches becoming one. What changes per step comes in by copies
- * queued before the replay, outside the graph: the views, the rate, the permutation's rows. */
+ * queued before the replay, outside the graph: the views, the rate, the permutation's rows. The
+ * views of the following step, when the caller has them already (gpu_trainer_upload_next), go up
+ * during this one on a copy stream into a second buffer, and the next step starts with a
+ * device-to-device copy (77 MB: about 0.05 ms on an H200, against 1.5 ms across PCIe). */
 #include "gpu_internal.h"
 
 #include <stdio.h>
@@ -23,6 +26,13 @@ struct gpu_trainer {
     float momentum_factor, weight_decay; /* the SGD settings of the host optimiser */
     uint8_t *staging;     /* page-locked: both views of a batch */
     uint8_t *raw;         /* device: the same bytes */
+    /* the views uploaded ahead: `ahead` holds the batch at (ahead_q, ahead_k, ahead_n) once the
+     * copies stream reaches ahead_ready; ahead_free is recorded where the step has read it */
+    cudaStream_t copies;
+    cudaEvent_t ahead_ready, ahead_free;
+    uint8_t *ahead;
+    const uint8_t *ahead_q, *ahead_k, *next_q, *next_k;
+    int ahead_n, next_n;
     void *images;         /* device activations: query views, then key views */
     float *momentum, *lr, *result;
     float *host_lr;       /* page-locked: the rate of the next step */
@@ -38,18 +48,46 @@ void gpu_trainer_destroy(gpu_trainer *t)
     if (!t)
         return;
     if (t->g) {
+        if (t->copies) { /* a copy ahead may still be reading the caller's memory */
+            cudaStreamSynchronize(t->copies);
+            cudaStreamDestroy(t->copies);
+        }
+        if (t->ahead_ready)
+            cudaEventDestroy(t->ahead_ready);
+        if (t->ahead_free)
+            cudaEventDestroy(t->ahead_free);
         if (t->graph)
             cudaGraphExecDestroy(t->graph);
         gpu_ranks_leave(t->ranks);
         gpu_moco_destroy(t->m);
         gpu_host_free(t->g, t->staging);
         gpu_host_free(t->g, t->host_lr);
-        void *bufs[] = {t->raw, t->images, t->momentum, t->lr, t->result};
+        void *bufs[] = {t->raw, t->ahead, t->images, t->momentum, t->lr, t->result};
         for (size_t i = 0; i < sizeof bufs / sizeof *bufs; i++)
             gpu_free(t->g, bufs[i]);
         gpu_destroy(t->g);
     }
     free(t);
+}
+
+/* Page-locked (cudaMallocHost) memory, which an asynchronous copy reads directly. */
+static bool is_pinned(const void *p)
+{
+    cudaPointerAttributes a;
+    if (cudaPointerGetAttributes(&a, p) != cudaSuccess) {
+        cudaGetLastError(); /* an unknown pointer is not an error to keep */
+        return false;
+    }
+    return a.type == cudaMemoryTypeHost;
+}
+
+/* The stream the views of the step after next go up on, and its two events. */
+static int copy_stream(gpu_trainer *t, moco_error *err)
+{
+    CUDA_CHECK(cudaStreamCreateWithFlags(&t->copies, cudaStreamNonBlocking), err, "creating the copy stream");
+    CUDA_CHECK(cudaEventCreateWithFlags(&t->ahead_ready, cudaEventDisableTiming), err, "creating the copy stream");
+    CUDA_CHECK(cudaEventCreateWithFlags(&t->ahead_free, cudaEventDisableTiming), err, "creating the copy stream");
+    return MOCO_OK;
 }
 
 gpu_trainer *gpu_trainer_create(int device, gpu_precision precision, const moco *host, const sgd *opt, int batch,
@@ -70,6 +108,7 @@ gpu_trainer *gpu_trainer_create(int device, gpu_precision precision, const moco 
     int ok = (t->g = gpu_create(device, precision, err)) && (t->m = gpu_moco_create(t->g, host, err)) &&
              (t->staging = (uint8_t *)gpu_host_alloc(t->g, raw_bytes, err)) &&
              (t->raw = (uint8_t *)gpu_alloc(t->g, raw_bytes, err)) &&
+             (t->ahead = (uint8_t *)gpu_alloc(t->g, raw_bytes, err)) && !copy_stream(t, err) &&
              (t->images = gpu_alloc(t->g, raw_bytes * gpu_act_size(t->g), err)) &&
              (t->momentum = (float *)gpu_alloc(t->g, sizeof(float) * t->param_count, err)) &&
              (t->lr = (float *)gpu_alloc(t->g, sizeof(float), err)) && (t->result = (float *)gpu_alloc(t->g, 3 * sizeof(float), err)) &&
@@ -80,6 +119,12 @@ gpu_trainer *gpu_trainer_create(int device, gpu_precision precision, const moco 
         return NULL;
     }
     return t;
+}
+
+void gpu_trainer_upload_next(gpu_trainer *t, const uint8_t *host_q, const uint8_t *host_k, int n)
+{
+    int ok = n > 0 && n <= t->batch && is_pinned(host_q) && is_pinned(host_k);
+    t->next_q = ok ? host_q : NULL, t->next_k = ok ? host_k : NULL, t->next_n = ok ? n : 0;
 }
 
 int gpu_trainer_join(gpu_trainer *t, const unsigned char id[GPU_RANKS_ID_BYTES], int rank, int ranks, double timeout,
@@ -112,16 +157,6 @@ void *gpu_trainer_host_alloc(void *trainer, size_t bytes)
 
 void gpu_trainer_host_free(void *trainer, void *p) { gpu_host_free(((gpu_trainer *)trainer)->g, p); }
 
-/* Page-locked (cudaMallocHost) memory, which an asynchronous copy reads directly. */
-static bool is_pinned(const void *p)
-{
-    cudaPointerAttributes a;
-    if (cudaPointerGetAttributes(&a, p) != cudaSuccess) {
-        cudaGetLastError(); /* an unknown pointer is not an error to keep */
-        return false;
-    }
-    return a.type == cudaMemoryTypeHost;
-}
 size_t gpu_trainer_peak_bytes(const gpu_trainer *t) { return gpu_peak_bytes(t->g); }
 
 /* A step's device work, from the uploaded views to the SGD step: what a graph captures. */
@@ -173,7 +208,11 @@ int gpu_trainer_step(gpu_trainer *t, const uint8_t *host_q, const uint8_t *host_
         return moco_fail(err, "a batch of %d pairs, more than the %d planned", n, t->batch);
     /* what changes per step, queued before the work (and outside any graph) */
     size_t bytes = (size_t)n * t->view;
-    if (is_pinned(host_q) && is_pinned(host_k)) { /* the batcher's own page-locked batches */
+    if (t->ahead_n == n && t->ahead_q == host_q && t->ahead_k == host_k) { /* uploaded during the last step */
+        CUDA_CHECK(cudaStreamWaitEvent(g->stream, t->ahead_ready, 0), err, "waiting for the views copied ahead");
+        CUDA_CHECK(cudaMemcpyAsync(t->raw, t->ahead, 2 * bytes, cudaMemcpyDeviceToDevice, g->stream), err,
+                   "moving the views copied ahead");
+    } else if (is_pinned(host_q) && is_pinned(host_k)) { /* the batcher's own page-locked batches */
         CUDA_CHECK(cudaMemcpyAsync(t->raw, host_q, bytes, cudaMemcpyHostToDevice, g->stream), err, "uploading the views");
         CUDA_CHECK(cudaMemcpyAsync(t->raw + bytes, host_k, bytes, cudaMemcpyHostToDevice, g->stream), err,
                    "uploading the views");
@@ -182,6 +221,19 @@ int gpu_trainer_step(gpu_trainer *t, const uint8_t *host_q, const uint8_t *host_
         memcpy(t->staging + bytes, host_k, bytes);
         CUDA_CHECK(cudaMemcpyAsync(t->raw, t->staging, 2 * bytes, cudaMemcpyHostToDevice, g->stream), err,
                    "uploading the views");
+    }
+    t->ahead_n = 0;
+    if (t->next_n) { /* the next step's views, on the copy stream once this step has read `ahead` */
+        size_t next = (size_t)t->next_n * t->view;
+        CUDA_CHECK(cudaEventRecord(t->ahead_free, g->stream), err, "copying views ahead");
+        CUDA_CHECK(cudaStreamWaitEvent(t->copies, t->ahead_free, 0), err, "copying views ahead");
+        CUDA_CHECK(cudaMemcpyAsync(t->ahead, t->next_q, next, cudaMemcpyHostToDevice, t->copies), err,
+                   "copying views ahead");
+        CUDA_CHECK(cudaMemcpyAsync(t->ahead + next, t->next_k, next, cudaMemcpyHostToDevice, t->copies), err,
+                   "copying views ahead");
+        CUDA_CHECK(cudaEventRecord(t->ahead_ready, t->copies), err, "copying views ahead");
+        t->ahead_q = t->next_q, t->ahead_k = t->next_k, t->ahead_n = t->next_n;
+        t->next_n = 0;
     }
     *t->host_lr = (float)lr;
     CUDA_CHECK(cudaMemcpyAsync(t->lr, t->host_lr, sizeof(float), cudaMemcpyHostToDevice, g->stream), err,

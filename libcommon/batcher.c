@@ -217,6 +217,16 @@ int batcher_next(batcher *b, batch *out, double *waited, moco_error *err)
     return rc;
 }
 
+int batcher_peek_next(batcher *b, batch *out)
+{
+    pthread_mutex_lock(&b->lock);
+    int ready = b->count >= 2;
+    if (ready)
+        *out = b->slots[(b->head + 1) % SLOTS];
+    pthread_mutex_unlock(&b->lock);
+    return ready;
+}
+
 void batcher_release(batcher *b)
 {
     pthread_mutex_lock(&b->lock);

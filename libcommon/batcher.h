@@ -58,6 +58,10 @@ batcher *batcher_open(stream_reader *in, const char *name, const batcher_options
  * BATCHER_INTERRUPTED when opt.interrupt was set while waiting. Adds the seconds spent waiting to
  * *waited (may be NULL). */
 int batcher_next(batcher *b, batch *out, double *waited, moco_error *err);
+/* The batch after the one batcher_next gave, when the reader has it ready already: 1 and that
+ * batch, or 0; never waits. It stays valid (and in place) until its own batcher_next and release,
+ * so a GPU can copy it during the current step. */
+int batcher_peek_next(batcher *b, batch *out);
 /* Hand the batch from batcher_next back. */
 void batcher_release(batcher *b);
 /* Records read (skipped ones included) and damaged records passed over; the first damage message. */

@@ -18,7 +18,7 @@
 #include "resnet.h"
 
 typedef enum { GPU_F32 = 0, GPU_BF16 = 1 } gpu_precision;
-enum { GPU_RANKS_ID_BYTES = 128, GPU_API_VERSION = 4 };
+enum { GPU_RANKS_ID_BYTES = 128, GPU_API_VERSION = 5 };
 
 typedef struct gpu_trainer gpu_trainer;
 typedef struct gpu_extractor gpu_extractor;
@@ -35,6 +35,8 @@ typedef struct {
                         double timeout, moco_error *err);
     int (*trainer_step)(gpu_trainer *t, const uint8_t *host_q, const uint8_t *host_k, int n, const int64_t *host_perm,
                         double lr, moco_result *result, moco_error *err);
+    /* the pinned views of the step after the next, copied during the next (gpu.h) */
+    void (*trainer_upload_next)(gpu_trainer *t, const uint8_t *host_q, const uint8_t *host_k, int n);
     int (*trainer_download)(gpu_trainer *t, moco *host, sgd *opt, moco_error *err);
     /* page-locked host memory for the batches (batcher.h's raw_alloc/raw_free with ctx = the
      * trainer): the step then copies from it directly, without staging */

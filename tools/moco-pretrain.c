@@ -426,6 +426,9 @@ setup_done:
         moco_result r;
         double figures[3];
         if (trainer) { /* the MoCo and SGD steps on the GPU (summed over the ranks' GPUs) */
+            batch after;
+            if (batcher_peek_next(feed, &after)) /* its views go up while this step computes */
+                gpu->trainer_upload_next(trainer, after.raw[0], after.raw[1], after.n);
             if (gpu->trainer_step(trainer, b.raw[0], b.raw[1], b.n, perm, lr, &r, &err)) {
                 rc = moco_prefix(&err, "step %lld", (long long)step);
                 break;

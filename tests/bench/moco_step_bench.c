@@ -4,14 +4,16 @@
  *   moco_step_bench [--arch resnet18] [--cifar-stem] [--width 64] [--in-channels 3] [--size 224]
  *                   [--batch 256] [--dim 128] [--K 65536] [--m 0.999] [--T 0.2] [--bn-groups 1]
  *                   [--warmup 5] [--steps 20] [--threads 0] [--device cpu|cuda] [--precision bf16|f32]
- *                   [--no-cuda-graph] [--direct-conv] [--profile]
+ *                   [--no-cuda-graph] [--no-copy-ahead] [--direct-conv] [--profile]
  * As the peer does by default, each step takes random u8 view pairs already in memory, normalises
  * them (here u8 NHWC -> f32 NHWC, as moco-pretrain does), runs the MoCo step and an SGD step
  * (lr 0.03, momentum 0.9, weight decay 1e-4). Prints one JSON line: pairs_per_s (batch over the
  * median step time), step_ms, loss, and peak_rss_mib (the process's maximum resident size).
  * --device cuda (builds with the CUDA backend): the same step through its trainer, as moco-pretrain
  * --device cuda runs it (u8 views uploaded from page-locked memory and normalised on the GPU, the
- * step, SGD, the loss read back), with peak_gpu_gib, the device memory it allocated at most.
+ * step, SGD, the loss read back), with peak_gpu_gib, the device memory it allocated at most; each
+ * step's batch goes up during the step before, as moco-pretrain's do (gpu_trainer_upload_next),
+ * unless --no-copy-ahead.
  * --direct-conv: the CPU backend without Winograd convolutions. --profile: the timed steps between
  * cuProfilerStart and cuProfilerStop, for `ncu --profile-from-start off` (tests/cuda/device-check.sh's
  * profile part). */
@@ -69,7 +71,7 @@ int main(int argc, char **argv)
     int64_t width = 64, in_c = 3, size = 224, batch = 256, dim = 128, K = 65536, groups = 1, warmup = 5, steps = 20,
             threads = 0;
     double m = 0.999, T = 0.2;
-    int cuda = 0, bf16 = 1, graph = 1, winograd = 1, profile = 0;
+    int cuda = 0, bf16 = 1, graph = 1, winograd = 1, profile = 0, ahead = 1;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         int bad = 0;
@@ -83,6 +85,10 @@ int main(int argc, char **argv)
         }
         if (!strcmp(a, "--no-cuda-graph")) {
             graph = 0;
+            continue;
+        }
+        if (!strcmp(a, "--no-copy-ahead")) {
+            ahead = 0;
             continue;
         }
         if (!strcmp(a, "--direct-conv")) {
@@ -175,6 +181,9 @@ int main(int argc, char **argv)
                 profiler(1);
             double t0 = now();
             const uint8_t *pair = pinned + (s % BATCHES) * 2 * batch * view;
+            const uint8_t *after = pinned + ((s + 1) % BATCHES) * 2 * batch * view;
+            if (ahead)
+                gpu->trainer_upload_next(t, after, after + batch * view, (int)batch);
             moco_permutation((int)batch, 0, s, perm);
             if (gpu->trainer_step(t, pair, pair + batch * view, (int)batch, perm, 0.03, &res, &err))
                 return cli_error("step %lld: %s", (long long)s, err.msg);

@@ -3,7 +3,8 @@
  * the download into the host mirror) against the CPU loop moco-pretrain runs: batcher.c's
  * normalisation, moco_step, sgd_step. Four steps of the tiny parity model with a schedule of rates;
  * then the host mirrors compared: both encoders, running statistics, queue and pointer, momentum;
- * once with every step queued op by op, once with the steps after the first replayed from a graph.
+ * once with every step queued op by op, once with the steps after the first replayed from a graph,
+ * once with each step's views copied during the step before (gpu_trainer_upload_next).
  * moco-extract --device cuda: the frozen features of u8 views. moco-linear --device cuda: the
  * classifier's SGD steps. */
 #include "check.h"
@@ -18,8 +19,10 @@ enum { N = 8, S = 16, C = 3, VIEW = S * S * C, STEPS = 4 };
 static const resnet_config tiny = {.depth = 18, .width = 4, .in_channels = 3, .cifar_stem = 1,
                                    .head = RESNET_HEAD_MLP, .out_dim = 16};
 
-/* graph: the trainer's steps after the first replayed from one captured CUDA graph, or queued op by op */
-static void check_trainer(int graph)
+/* graph: the trainer's steps after the first replayed from one captured CUDA graph, or queued op by
+ * op; ahead: each step's views in page-locked memory of their own, handed to the trainer a step
+ * early (once the wrong ones: that step must then upload its own) */
+static void check_trainer(int graph, int ahead)
 {
     moco_error err = {{0}};
     int bf16 = gpu_get_precision(g) == GPU_BF16;
@@ -38,7 +41,10 @@ static void check_trainer(int graph)
     gpu_trainer_use_graph(t, graph);
     uint8_t *u8 = malloc(2 * N * VIEW), *pinned = gpu_trainer_host_alloc(t, 2 * N * VIEW);
     float *im = malloc(sizeof(float) * 2 * N * VIEW);
-    CHECK(u8 && im && pinned);
+    uint8_t *slots = ahead ? gpu_trainer_host_alloc(t, STEPS * 2 * N * VIEW) : NULL;
+    CHECK(u8 && im && pinned && (slots || !ahead));
+    for (int step = 0; ahead && step < STEPS; step++)
+        random_views(slots + step * 2 * N * VIEW, im, 2 * N * VIEW, C, mean, stdev, 22, (uint64_t)step);
     static const double rates[STEPS] = {0.3, 0.2, 0.1, 0.05};
     for (int step = 0; step < STEPS; step++) {
         random_views(u8, im, 2 * N * VIEW, C, mean, stdev, 22, (uint64_t)step);
@@ -49,8 +55,15 @@ static void check_trainer(int graph)
         sgd_step(&opt, cpu->q->param, cpu->q->grad, rates[step]);
         /* odd steps from page-locked memory (copied directly, as moco-pretrain's batches), even ones staged */
         const uint8_t *views = u8;
-        if (step % 2)
+        if (ahead) {
+            views = slots + step * 2 * N * VIEW;
+            int next = step == 1 ? 3 : step + 1;
+            const uint8_t *early = slots + next * 2 * N * VIEW;
+            if (next < STEPS)
+                gpu_trainer_upload_next(t, early, early + N * VIEW, N);
+        } else if (step % 2) {
             views = memcpy(pinned, u8, 2 * N * VIEW);
+        }
         CHECK_OK(gpu_trainer_step(t, views, views + N * VIEW, N, perm, rates[step], &got, &err), &err);
         printf("# trainer step %d loss: GPU %.6f, CPU %.6f; top1 %d/%d (%s)\n", step, got.loss, want.loss, got.top1,
                want.top1, gpu_trainer_describe(t));
@@ -75,14 +88,18 @@ static void check_trainer(int graph)
         CHECK(strstr(gpu_trainer_describe(t), "each step one CUDA graph") != NULL);
     free(u8), free(im);
     gpu_trainer_host_free(t, pinned);
+    if (slots)
+        gpu_trainer_host_free(t, slots);
     gpu_trainer_destroy(t);
     sgd_free(&opt), sgd_free(&opt_back);
     moco_destroy(cpu), moco_destroy(back);
 }
 
-TEST(test_trainer_steps_match_the_cpu_loop) { check_trainer(0); }
+TEST(test_trainer_steps_match_the_cpu_loop) { check_trainer(0, 0); }
 
-TEST(test_trainer_graph_steps_match_the_cpu_loop) { check_trainer(1); }
+TEST(test_trainer_graph_steps_match_the_cpu_loop) { check_trainer(1, 0); }
+
+TEST(test_trainer_views_copied_ahead_match_the_cpu_loop) { check_trainer(1, 1); }
 
 /* moco-extract --device cuda: features of u8 views through the GPU net in evaluation mode, against
  * the CPU's; a last batch smaller than the planned one too */
@@ -164,6 +181,7 @@ TEST(test_linear_steps_match_the_cpu)
 static void run_all(void)
 {
     RUN(test_trainer_steps_match_the_cpu_loop);
+    RUN(test_trainer_views_copied_ahead_match_the_cpu_loop);
     RUN(test_trainer_graph_steps_match_the_cpu_loop);
     RUN(test_extractor_features_match_the_cpu);
     RUN(test_linear_steps_match_the_cpu);

@@ -121,6 +121,41 @@ TEST(test_batcher_raw_batches_in_the_callers_memory)
     CHECK(made == 3 * 2 && calls == made && live == 0); /* three slots of two views, all given back */
 }
 
+/* The batch after the current one, once the reader has it, is the one batcher_next gives after the
+ * release, in the same memory (a GPU copies it from there during the current step); the last
+ * batch has none after it. */
+static int peek_within_a_second(batcher *b, batch *after)
+{
+    for (int tries = 0; tries < 500; tries++) {
+        if (batcher_peek_next(b, after))
+            return 1;
+        usleep(2000);
+    }
+    return 0;
+}
+
+TEST(test_batcher_peeks_at_the_next_batch)
+{
+    moco_error err;
+    batcher_options o = {.batch = 4, .views = 2, .size = S, .channels = C, .raw = 1, .std = {1, 1, 1}};
+    stream_reader *in = stream_reader_open(path, NULL, &err);
+    batcher *b = in ? batcher_open(in, path, &o, &err) : NULL;
+    CHECK(b);
+    batch cur, after;
+    CHECK(batcher_next(b, &cur, NULL, &err) == 1 && cur.sample_ids[0] == 100);
+    for (int k = 1; k < 3; k++) { /* batches of records 4.. and 8.. */
+        CHECK(peek_within_a_second(b, &after));
+        CHECK(after.sample_ids[0] == 100 + 4 * k && after.raw[0] != cur.raw[0] && after.raw[0][0] == pixel(4 * k, 0, 0));
+        batcher_release(b);
+        CHECK(batcher_next(b, &cur, NULL, &err) == 1);
+        CHECK(cur.raw[0] == after.raw[0] && cur.raw[1] == after.raw[1] && cur.sample_ids[0] == 100 + 4 * k);
+    }
+    CHECK(!peek_within_a_second(b, &after)); /* the stream has ended */
+    batcher_release(b);
+    CHECK(batcher_next(b, &cur, NULL, &err) == 0);
+    batcher_close(b);
+}
+
 TEST(test_batcher_refuses_a_share_out_of_range)
 {
     moco_error err;
@@ -141,6 +176,7 @@ int main(void)
     RUN(test_batcher_raw_keeps_the_bytes);
     RUN(test_batcher_shares_batches_among_ranks_after_the_skip);
     RUN(test_batcher_raw_batches_in_the_callers_memory);
+    RUN(test_batcher_peeks_at_the_next_batch);
     RUN(test_batcher_refuses_a_share_out_of_range);
     unlink(path);
     TEST_EXIT();

@@ -335,6 +335,41 @@ cudaError_t cudaStreamCreateWithFlags(cudaStream_t *s, unsigned)
     return cudaSuccess;
 }
 cudaError_t cudaStreamCreate(cudaStream_t *s) { return cudaStreamCreateWithFlags(s, 0); }
+/* Events: a record is stream work that marks the event reached; a wait is work on the other stream
+ * that, when it runs before the record has (EMU_DEFER), runs the recording stream's queue up to the
+ * record first. */
+struct event { cudaStream_t s = nullptr; long recorded = 0, reached = 0; };
+static event *E(cudaEvent_t e) { return (event *)e; }
+cudaError_t cudaEventCreateWithFlags(cudaEvent_t *e, unsigned) { *e = (cudaEvent_t) new event; return cudaSuccess; }
+cudaError_t cudaEventDestroy(cudaEvent_t e) { delete E(e); return cudaSuccess; }
+cudaError_t cudaEventRecord(cudaEvent_t e, cudaStream_t s)
+{
+    if (capturing(s)) fatal("cudaEventRecord during a capture (not emulated)");
+    event *ev = E(e);
+    long n = ++ev->recorded;
+    ev->s = s;
+    submit(s, [ev, n] { ev->reached = n; });
+    return cudaSuccess;
+}
+cudaError_t cudaStreamWaitEvent(cudaStream_t s, cudaEvent_t e, unsigned)
+{
+    if (capturing(s)) fatal("cudaStreamWaitEvent during a capture (not emulated)");
+    event *ev = E(e);
+    long n = ev->recorded;
+    cudaStream_t from = ev->s;
+    submit(s, [ev, n, from] {
+        /* run the recording stream's queue up to the record, no further: past it that stream may
+         * itself wait for work still queued behind this wait */
+        while (ev->reached < n && from && streams.count(from) && !S(from)->pending.empty()) {
+            auto f = std::move(S(from)->pending.front());
+            S(from)->pending.erase(S(from)->pending.begin());
+            f();
+        }
+        if (ev->reached < n) fatal("a stream waits for an event its stream never reaches");
+    });
+    return cudaSuccess;
+}
+cudaError_t cudaEventSynchronize(cudaEvent_t e) { flush(E(e)->s); return cudaSuccess; }
 cudaError_t cudaStreamDestroy(cudaStream_t s)
 {
     if (!streams.count(s)) fatal("cudaStreamDestroy of an unknown stream");

@@ -181,6 +181,13 @@ cudaError_t cudaStreamCreateWithFlags(cudaStream_t *s, unsigned flags);
 cudaError_t cudaStreamCreate(cudaStream_t *s);
 cudaError_t cudaStreamDestroy(cudaStream_t s);
 cudaError_t cudaDeviceSynchronize(void);
+typedef struct CUevent_st *cudaEvent_t;
+#define cudaEventDisableTiming 2
+cudaError_t cudaEventCreateWithFlags(cudaEvent_t *e, unsigned flags);
+cudaError_t cudaEventDestroy(cudaEvent_t e);
+cudaError_t cudaEventRecord(cudaEvent_t e, cudaStream_t s = 0);
+cudaError_t cudaStreamWaitEvent(cudaStream_t s, cudaEvent_t e, unsigned flags = 0);
+cudaError_t cudaEventSynchronize(cudaEvent_t e);
 cudaError_t cudaGetDeviceCount(int *count);
 cudaError_t cudaSetDevice(int d);
 cudaError_t cudaGetDevice(int *d);
