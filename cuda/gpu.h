@@ -194,6 +194,12 @@ int gpu_resnet_download(gpu_resnet *net, resnet *host, moco_error *err);
 /* Training forwards replayed from a captured graph, which the host did not see: added to
  * num_batches_tracked. */
 void gpu_resnet_count_forwards(gpu_resnet *net, int64_t count);
+/* A forward-only net's activations (three buffers of its largest one) kept in a trainable net's
+ * backward scratch (three of the same), instead of memory of their own: for a net whose forwards
+ * never run between the lender's forward and the end of its backward, as MoCo's key encoder runs
+ * between the query's forward and backward. Used when the lender has planned the same shapes or
+ * larger before; a lender that plans again makes the net plan again too. */
+void gpu_resnet_borrow_scratch(gpu_resnet *net, gpu_resnet *lender);
 /* As resnet_forward and resnet_backward (resnet.h). */
 int gpu_resnet_forward(gpu_resnet *net, const void *x, int n, int h, int w, int train, int bn_groups, moco_error *err);
 int gpu_resnet_backward(gpu_resnet *net, const float *d_output, moco_error *err);

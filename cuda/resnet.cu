@@ -21,6 +21,7 @@ enum { GRADS = 3 };
 /* A forward-only net's activations: a block's input (its shortcut), the unit before's output, and
  * the unit's own (its batch norm in place on the convolution's output). */
 enum { ROTATING = 3 };
+static_assert((int)ROTATING <= (int)GRADS, "a forward-only net's buffers fit in a trainable one's backward scratch");
 
 typedef struct {
     gpu_conv *conv;
@@ -56,7 +57,9 @@ struct gpu_resnet {
     size_t fc0_weight, fc0_bias, fc2_weight, fc2_bias;
     /* the plan for input (n, h, w) */
     int n, h, w, out_h, out_w;
-    char *arena; /* trainable: every activation; otherwise ROTATING buffers */
+    char *arena; /* trainable: every activation; otherwise ROTATING buffers (NULL when borrowed) */
+    gpu_resnet *lender; /* forward only: whose backward scratch may hold the rotating buffers */
+    void *borrowed;     /* the lender's grads[0] they were planned in */
     void *rotating[ROTATING];
     size_t max_activation; /* elements */
     void *grads[GRADS];    /* backward scratch, max_activation elements each (one allocation) */
@@ -165,7 +168,7 @@ static void release_plan(gpu_resnet *net)
     float *f32[] = {net->pooled, net->hidden, net->out, net->d_pooled, net->d_hidden};
     for (size_t i = 0; i < sizeof f32 / sizeof *f32; i++)
         gpu_free(g, f32[i]);
-    net->arena = NULL;
+    net->arena = NULL, net->borrowed = NULL;
     memset(net->grads, 0, sizeof net->grads);
     net->pooled = net->hidden = net->out = net->d_pooled = net->d_hidden = NULL;
     net->n = 0;
@@ -208,6 +211,12 @@ gpu_resnet *gpu_resnet_create(gpu *g, const resnet *host, int trainable, moco_er
         return NULL;
     }
     return net;
+}
+
+void gpu_resnet_borrow_scratch(gpu_resnet *net, gpu_resnet *lender)
+{
+    if (!net->trainable && lender && lender->trainable && lender->g == net->g)
+        net->lender = lender;
 }
 
 void gpu_resnet_count_forwards(gpu_resnet *net, int64_t count) { net->num_batches_tracked += count; }
@@ -326,7 +335,7 @@ static int plan_pass(planner *p, int n, int h, int w, moco_error *err)
 
 static int plan(gpu_resnet *net, int n, int h, int w, moco_error *err)
 {
-    if (net->n == n && net->h == h && net->w == w)
+    if (net->n == n && net->h == h && net->w == w && (!net->borrowed || net->borrowed == net->lender->grads[0]))
         return MOCO_OK;
     release_plan(net);
     gpu *g = net->g;
@@ -338,10 +347,19 @@ static int plan(gpu_resnet *net, int n, int h, int w, moco_error *err)
     if (plan_pass(&p, n, h, w, err))
         return MOCO_ERR;
     size_t slot = (p.max + 127) / 128 * 128, total = net->trainable ? p.used : ROTATING * slot;
-    if (!(net->arena = (char *)gpu_alloc(g, total * p.elem, err)))
-        return moco_prefix(err, "activations of a batch of %d %dx%d views", n, h, w);
-    for (int i = 0; i < ROTATING && !net->trainable; i++)
-        net->rotating[i] = net->arena + i * slot * p.elem;
+    gpu_resnet *lender = net->lender;
+    if (!net->trainable && lender && lender->grads[0] && lender->max_activation >= p.max) {
+        /* in the lender's backward scratch, its slots as large as ours or larger */
+        size_t lender_slot = (lender->max_activation + 127) / 128 * 128;
+        net->borrowed = lender->grads[0];
+        for (int i = 0; i < ROTATING; i++)
+            net->rotating[i] = (char *)lender->grads[0] + i * lender_slot * p.elem;
+    } else {
+        if (!(net->arena = (char *)gpu_alloc(g, total * p.elem, err)))
+            return moco_prefix(err, "activations of a batch of %d %dx%d views", n, h, w);
+        for (int i = 0; i < ROTATING && !net->trainable; i++)
+            net->rotating[i] = net->arena + i * slot * p.elem;
+    }
     net->max_activation = p.max;
     p = (planner){net, 0, 0, gpu_act_size(g), 1};
     plan_pass(&p, n, h, w, err);

@@ -142,6 +142,69 @@ static void check_net(const resnet_config *cfg, int n, int size, int groups)
     resnet_destroy(back);
 }
 
+/* MoCo's key encoder keeps its activations in the query's backward scratch (gpu_resnet_borrow_scratch):
+ * it allocates no activations of its own, its output is the CPU's, and the query's backward after
+ * it still is too. */
+TEST(test_forward_only_net_in_borrowed_scratch_matches_cpu)
+{
+    moco_error err = {{0}};
+    resnet_config cfg = {.depth = 18, .width = 8, .in_channels = 3, .cifar_stem = 1, .head = RESNET_HEAD_MLP, .out_dim = 16};
+    enum { N = 8, SIZE = 16, GROUPS = 2 };
+    double tol = whole_net_tolerance(2e-4);
+    resnet *cpu = reference_net(&cfg, &err), *cpu_k = reference_net(&cfg, &err), *back = resnet_create(be, &cfg, 1, &err);
+    CHECK_OK(cpu && cpu_k && back ? 0 : -1, &err);
+    gpu_resnet *q = gpu_resnet_create(g, cpu, 1, &err), *k = gpu_resnet_create(g, cpu, 0, &err);
+    CHECK_OK(q && k ? 0 : -1, &err);
+    gpu_resnet_borrow_scratch(k, q);
+    size_t nx = (size_t)N * SIZE * SIZE * 3, nout = (size_t)N * cfg.out_dim;
+    float *x = malloc(sizeof(float) * nx), *xk = malloc(sizeof(float) * nx), *d_out = malloc(sizeof(float) * nout);
+    CHECK(x && xk && d_out);
+    fill_normal(x, nx, 7, 0, 1);
+    fill_normal(xk, nx, 8, 0, 1);
+    as_activations(x, nx);
+    as_activations(xk, nx);
+    fill_normal(d_out, nout, 9, 0, 1.0 / N);
+    void *dx = dev_act(x, nx), *dxk = dev_act(xk, nx);
+    float *dd_out = dev_f32(d_out, nout);
+    CHECK(dx && dxk && dd_out);
+
+    CHECK_OK(resnet_forward(cpu, x, N, SIZE, SIZE, 1, GROUPS, &err), &err);
+    CHECK_OK(gpu_resnet_forward(q, dx, N, SIZE, SIZE, 1, GROUPS, &err), &err);
+    CHECK_OK(gpu_sync(g, &err), &err);
+    size_t before = gpu_peak_bytes(g), slot = (size_t)N * SIZE * SIZE * cfg.width * gpu_act_size(g);
+    CHECK_OK(resnet_forward(cpu_k, xk, N, SIZE, SIZE, 1, GROUPS, &err), &err);
+    CHECK_OK(gpu_resnet_forward(k, dxk, N, SIZE, SIZE, 1, GROUPS, &err), &err);
+    CHECK_OK(gpu_sync(g, &err), &err);
+    size_t borrowing = gpu_peak_bytes(g) - before;
+    CHECK_DEVICE(gpu_resnet_output(k), 0, cpu_k->output, nout, tol, "forward in borrowed scratch: output");
+    /* the same net without a lender, for its memory: three activation buffers more */
+    gpu_resnet *own = gpu_resnet_create(g, cpu, 0, &err);
+    CHECK_OK(own ? 0 : -1, &err);
+    before = gpu_peak_bytes(g);
+    int rc = gpu_resnet_forward(own, dxk, N, SIZE, SIZE, 1, GROUPS, &err) || gpu_sync(g, &err);
+    size_t owning = gpu_peak_bytes(g) - before;
+    gpu_resnet_destroy(own);
+    CHECK_OK(rc, &err);
+    printf("# a forward-only net's first forward allocated %zu bytes in borrowed scratch, %zu on its own (an "
+           "activation buffer: %zu)\n", borrowing, owning, slot);
+    CHECK(borrowing + 3 * slot <= owning);
+
+    CHECK_OK(resnet_backward(cpu, d_out, &err), &err);
+    CHECK_OK(gpu_resnet_backward(q, dd_out, &err), &err);
+    CHECK_OK(gpu_sync(g, &err), &err);
+    CHECK_OK(gpu_resnet_download(q, back, &err), &err);
+    const char *name = "";
+    double worst = worst_tensor(back, cpu, &name);
+    printf("# the lender's gradients after it/%s: largest relative error %.2g (%s)\n",
+           gpu_get_precision(g) == GPU_BF16 ? "bf16" : "f32", worst, name);
+    CHECK(worst <= tol);
+
+    gpu_free(g, dx), gpu_free(g, dxk), gpu_free(g, dd_out);
+    free(x), free(xk), free(d_out);
+    gpu_resnet_destroy(k), gpu_resnet_destroy(q);
+    resnet_destroy(cpu), resnet_destroy(cpu_k), resnet_destroy(back);
+}
+
 TEST(test_resnet18_cifar_stem_matches_cpu)
 {
     resnet_config cfg = {.depth = 18, .width = 8, .in_channels = 3, .cifar_stem = 1, .head = RESNET_HEAD_MLP, .out_dim = 16};
@@ -163,6 +226,7 @@ TEST(test_resnet18_grey_linear_head_matches_cpu)
 static void run_all(void)
 {
     RUN(test_resnet18_cifar_stem_matches_cpu);
+    RUN(test_forward_only_net_in_borrowed_scratch_matches_cpu);
     RUN(test_resnet50_imagenet_stem_matches_cpu);
     RUN(test_resnet18_grey_linear_head_matches_cpu);
 }
