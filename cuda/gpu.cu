@@ -46,6 +46,11 @@ static int setup(gpu *g, int index, moco_error *err)
     if (index < 0 || index >= count)
         return moco_fail(err, "cuda:%d: no such device (%d visible)", index, count);
     CUDA_CHECK(cudaSetDevice(index), err, "selecting the device");
+    /* Wait for the GPU asleep, not spinning: the default spins while fewer contexts than cores are
+     * active, and a training process beside moco-augment's workers would keep a core busy through
+     * every step. A device in use with other flags keeps them (this is no reason to fail). */
+    if (cudaSetDeviceFlags(cudaDeviceScheduleBlockingSync) != cudaSuccess)
+        cudaGetLastError();
     cudaDeviceProp p;
     CUDA_CHECK(cudaGetDeviceProperties(&p, index), err, "describing the device");
     CUDA_CHECK(cudaStreamCreateWithFlags(&g->stream, cudaStreamNonBlocking), err, "creating the stream");

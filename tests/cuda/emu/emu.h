@@ -190,6 +190,8 @@ cudaError_t cudaStreamWaitEvent(cudaStream_t s, cudaEvent_t e, unsigned flags = 
 cudaError_t cudaEventSynchronize(cudaEvent_t e);
 cudaError_t cudaGetDeviceCount(int *count);
 cudaError_t cudaSetDevice(int d);
+#define cudaDeviceScheduleBlockingSync 4
+cudaError_t cudaSetDeviceFlags(unsigned flags);
 cudaError_t cudaGetDevice(int *d);
 cudaError_t cudaGetDeviceProperties(cudaDeviceProp *p, int d);
 cudaError_t cudaPointerGetAttributes(cudaPointerAttributes *a, const void *p);
