@@ -600,6 +600,35 @@ int gpu_bn_backward(gpu_bn *bn, const void *x, const void *y, const void *dy, co
 
 /* ---- pooling ---- */
 
+/* Window (wi, wj) of the 3x3 stride-2 pad-1 max-pool over image img: per channel of this thread's
+ * V, the first maximum in scan order (padding never wins) and where it is, 3 * row + column within
+ * the window. */
+template <typename T, int V>
+__device__ __forceinline__ void window_max(const T *x, int img, int wi, int wj, int h, int w, int channels, int c,
+                                           float (&best)[V], int (&at)[V])
+{
+    bool found = false;
+#pragma unroll
+    for (int kh = 0; kh < 3; kh++) {
+        int ih = 2 * wi - 1 + kh;
+        if (ih < 0 || ih >= h)
+            continue;
+#pragma unroll
+        for (int kw = 0; kw < 3; kw++) {
+            int iw = 2 * wj - 1 + kw;
+            if (iw < 0 || iw >= w)
+                continue;
+            float v[V];
+            load_row<T, V>(x, (((size_t)img * h + ih) * w + iw) * channels + c, v);
+#pragma unroll
+            for (int k = 0; k < V; k++)
+                if (!found || v[k] > best[k])
+                    best[k] = v[k], at[k] = 3 * kh + kw;
+            found = true;
+        }
+    }
+}
+
 /* Max-pool 3x3 stride 2 pad 1; grid (pixel blocks, channel tiles), a thread per output pixel and
  * V channels (chan_layout). The first maximum in scan order wins; padding never does. */
 template <typename T, int V>
@@ -614,26 +643,8 @@ __global__ void maxpool_forward_kernel(const void *xv, int n, int h, int w, int 
     for (int p = blockIdx.x * blockDim.y + threadIdx.y; p < pixels; p += gridDim.x * blockDim.y) {
         int img = p / (oh * ow), rem = p % (oh * ow), i = rem / ow, j = rem % ow;
         float best[V];
-        bool found = false;
-#pragma unroll
-        for (int kh = 0; kh < 3; kh++) {
-            int ih = 2 * i - 1 + kh;
-            if (ih < 0 || ih >= h)
-                continue;
-#pragma unroll
-            for (int kw = 0; kw < 3; kw++) {
-                int iw = 2 * j - 1 + kw;
-                if (iw < 0 || iw >= w)
-                    continue;
-                float v[V];
-                load_row<T, V>(x, (((size_t)img * h + ih) * w + iw) * channels + c, v);
-#pragma unroll
-                for (int k = 0; k < V; k++)
-                    if (!found || v[k] > best[k])
-                        best[k] = v[k];
-                found = true;
-            }
-        }
+        int at[V];
+        window_max<T, V>(x, img, i, j, h, w, channels, c, best, at);
         store_row<T, V>(y, (size_t)p * channels + c, best);
     }
 }
@@ -667,27 +678,8 @@ __global__ void maxpool_backward_kernel(const void *xv, const void *dyv, int n, 
                 if (wi >= oh || wj >= ow)
                     continue;
                 float best[V];
-                int at[V]; /* where its maximum is: 3 * row + column within the window */
-                bool found = false;
-#pragma unroll
-                for (int kh = 0; kh < 3; kh++) {
-                    int ih = 2 * wi - 1 + kh;
-                    if (ih < 0 || ih >= h)
-                        continue;
-#pragma unroll
-                    for (int kw = 0; kw < 3; kw++) {
-                        int iw = 2 * wj - 1 + kw;
-                        if (iw < 0 || iw >= w)
-                            continue;
-                        float v[V];
-                        load_row<T, V>(x, (((size_t)img * h + ih) * w + iw) * channels + c, v);
-#pragma unroll
-                        for (int k = 0; k < V; k++)
-                            if (!found || v[k] > best[k])
-                                best[k] = v[k], at[k] = 3 * kh + kw;
-                        found = true;
-                    }
-                }
+                int at[V];
+                window_max<T, V>(x, img, wi, wj, h, w, channels, c, best, at);
                 float d[V];
                 load_row<T, V>(dy, (((size_t)img * oh + wi) * ow + wj) * channels + c, d);
                 /* window (wi, wj)'s input (kh, kw) is this patch's (2a + kh - 1, 2b + kw - 1) */
