@@ -59,7 +59,8 @@ struct gpu_resnet {
     int n, h, w, out_h, out_w;
     char *arena; /* trainable: every activation; otherwise ROTATING buffers (NULL when borrowed) */
     gpu_resnet *lender; /* forward only: whose backward scratch may hold the rotating buffers */
-    void *borrowed;     /* the lender's grads[0] they were planned in */
+    int borrowing;      /* they are there, as the lender's plan number borrowed_plan made them */
+    unsigned long plans, borrowed_plan; /* plans made (a lender's count); see plan() */
     void *rotating[ROTATING];
     size_t max_activation; /* elements */
     void *grads[GRADS];    /* backward scratch, max_activation elements each (one allocation) */
@@ -168,7 +169,7 @@ static void release_plan(gpu_resnet *net)
     float *f32[] = {net->pooled, net->hidden, net->out, net->d_pooled, net->d_hidden};
     for (size_t i = 0; i < sizeof f32 / sizeof *f32; i++)
         gpu_free(g, f32[i]);
-    net->arena = NULL, net->borrowed = NULL;
+    net->arena = NULL, net->borrowing = 0;
     memset(net->grads, 0, sizeof net->grads);
     net->pooled = net->hidden = net->out = net->d_pooled = net->d_hidden = NULL;
     net->n = 0;
@@ -335,9 +336,10 @@ static int plan_pass(planner *p, int n, int h, int w, moco_error *err)
 
 static int plan(gpu_resnet *net, int n, int h, int w, moco_error *err)
 {
-    if (net->n == n && net->h == h && net->w == w && (!net->borrowed || net->borrowed == net->lender->grads[0]))
+    if (net->n == n && net->h == h && net->w == w && (!net->borrowing || net->borrowed_plan == net->lender->plans))
         return MOCO_OK;
     release_plan(net);
+    net->plans++;
     gpu *g = net->g;
     int min_size = net->cfg.cifar_stem ? 8 : 32;
     if (h < min_size || w < min_size)
@@ -351,7 +353,7 @@ static int plan(gpu_resnet *net, int n, int h, int w, moco_error *err)
     if (!net->trainable && lender && lender->grads[0] && lender->max_activation >= p.max) {
         /* in the lender's backward scratch, its slots as large as ours or larger */
         size_t lender_slot = (lender->max_activation + 127) / 128 * 128;
-        net->borrowed = lender->grads[0];
+        net->borrowing = 1, net->borrowed_plan = lender->plans;
         for (int i = 0; i < ROTATING; i++)
             net->rotating[i] = (char *)lender->grads[0] + i * lender_slot * p.elem;
     } else {

@@ -46,6 +46,9 @@ moco *moco_create(backend *b, const resnet_config *encoder, const moco_config *c
         moco_destroy(m);
         return NULL;
     }
+    /* the key forward runs between the query's forward and backward: its activations fit in the
+     * query's backward scratch, idle then */
+    resnet_borrow_scratch(m->k, m->q);
     if (!(m->queue = malloc(sizeof(float) * cfg->queue_size * m->dim))) {
         moco_fail(err, "out of memory for a queue of %d keys", cfg->queue_size);
         moco_destroy(m);

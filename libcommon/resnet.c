@@ -21,6 +21,7 @@ enum { GRADS = 3 };
 /* A forward-only net's activations: a block's input (its shortcut), the unit before's output, and
  * the unit's own (its batch norm in place on the convolution's output). */
 enum { ROTATING = 3 };
+_Static_assert((int)ROTATING <= (int)GRADS, "a forward-only net's buffers fit in a trainable one's backward scratch");
 
 typedef struct {
     conv2d *conv;
@@ -54,8 +55,11 @@ struct resnet_layers {
     /* the plan: shapes and activation buffers for input (n, h, w) */
     int n, h, w, trainable, last_train_groups;
     int out_h, out_w; /* layer4's output size */
-    float *arena;     /* trainable: every activation; otherwise ROTATING buffers */
+    float *arena;     /* trainable: every activation; otherwise ROTATING buffers (NULL when borrowed) */
     float *rotating[ROTATING];
+    resnet *lender;   /* forward only: whose backward scratch may hold the rotating buffers */
+    int borrowing;    /* they are there, as the lender's plan number borrowed_plan made them */
+    unsigned long plans, borrowed_plan; /* plans made (a lender's count); see plan() */
     size_t max_activation;
     float *grads[GRADS]; /* backward scratch, max_activation floats each */
     float *pooled, *hidden, *out, *d_pooled, *d_hidden;
@@ -208,7 +212,14 @@ static void release_plan(resnet_layers *L)
         free(L->grads[i]), L->grads[i] = NULL;
     free(L->pooled), free(L->hidden), free(L->out), free(L->d_pooled), free(L->d_hidden);
     L->arena = L->pooled = L->hidden = L->out = L->d_pooled = L->d_hidden = NULL;
+    L->borrowing = 0;
     L->n = 0;
+}
+
+void resnet_borrow_scratch(resnet *net, resnet *lender)
+{
+    if (!net->layers->trainable && lender && lender->layers->trainable)
+        net->layers->lender = lender;
 }
 
 void resnet_destroy(resnet *net)
@@ -398,9 +409,10 @@ static int plan_pass(planner *p, int n, int h, int w, moco_error *err)
 static int plan(resnet *net, int n, int h, int w, moco_error *err)
 {
     resnet_layers *L = net->layers;
-    if (L->n == n && L->h == h && L->w == w)
+    if (L->n == n && L->h == h && L->w == w && (!L->borrowing || L->borrowed_plan == L->lender->layers->plans))
         return MOCO_OK;
     release_plan(L);
+    L->plans++;
     int min_size = net->cfg.cifar_stem ? 8 : 32; /* below this, a stride-2 stage gets an empty map */
     if (h < min_size || w < min_size)
         return moco_fail(err, "views of %dx%d are too small for a ResNet with the %s stem (at least %dx%d)", h, w,
@@ -409,11 +421,18 @@ static int plan(resnet *net, int n, int h, int w, moco_error *err)
     if (plan_pass(&p, n, h, w, err))
         return MOCO_ERR;
     size_t total = L->trainable ? p.used : ROTATING * ((p.max + 15) / 16 * 16);
-    if (!(L->arena = aligned_alloc(64, sizeof(float) * total)))
-        return moco_fail(err, "out of memory for activations of a batch of %d %dx%d views (%zu MiB)", n, h, w,
-                         total * sizeof(float) >> 20);
-    for (int i = 0; i < ROTATING && !L->trainable; i++)
-        L->rotating[i] = L->arena + i * ((p.max + 15) / 16 * 16);
+    resnet_layers *lender = L->lender ? L->lender->layers : NULL;
+    if (!L->trainable && lender && lender->grads[0] && lender->max_activation >= p.max) {
+        L->borrowing = 1, L->borrowed_plan = lender->plans; /* its buffers: as large as ours or larger */
+        for (int i = 0; i < ROTATING; i++)
+            L->rotating[i] = lender->grads[i];
+    } else {
+        if (!(L->arena = aligned_alloc(64, sizeof(float) * total)))
+            return moco_fail(err, "out of memory for activations of a batch of %d %dx%d views (%zu MiB)", n, h, w,
+                             total * sizeof(float) >> 20);
+        for (int i = 0; i < ROTATING && !L->trainable; i++)
+            L->rotating[i] = L->arena + i * ((p.max + 15) / 16 * 16);
+    }
     L->max_activation = p.max;
     p = (planner){.L = L, .assign = 1};
     plan_pass(&p, n, h, w, err);

@@ -63,6 +63,12 @@ int resnet_config_check(const resnet_config *cfg, moco_error *err);
 
 resnet *resnet_create(backend *b, const resnet_config *cfg, int trainable, moco_error *err);
 void resnet_destroy(resnet *net);
+/* A forward-only net's activations (three buffers of its largest one) kept in a trainable net's
+ * backward scratch (three of the same) instead of memory of their own: for a net whose forwards
+ * never run between the lender's forward and the end of its backward, as MoCo's key encoder runs
+ * between the query's forward and backward. Used when the lender has planned the same shapes or
+ * larger before; a lender that plans again makes the net plan again too. */
+void resnet_borrow_scratch(resnet *net, resnet *lender);
 
 /* torchvision's initialisation, drawn from Philox streams keyed by seed: convolutions Kaiming
  * normal (fan-out, ReLU gain), BN weight 1 bias 0, running mean 0 variance 1, Linear weight and bias

@@ -757,6 +757,37 @@ TEST(test_resnet18_cifar_stem_backward_matches_finite_differences) { check_resne
 
 TEST(test_resnet18_imagenet_stem_backward_matches_finite_differences) { check_resnet(0, 4, 64); }
 
+/* MoCo's key encoder keeps its activations in the query's backward scratch (resnet_borrow_scratch):
+ * its outputs are those of a net with buffers of its own, the query's backward after it is
+ * unchanged, and when the query plans another batch size the key net follows. */
+TEST(test_forward_only_net_in_borrowed_scratch_matches_its_own)
+{
+    resnet_config cfg = {.depth = 18, .width = 4, .in_channels = 3, .cifar_stem = 1, .head = RESNET_HEAD_MLP, .out_dim = 8};
+    moco_error err = {{0}};
+    resnet *q = resnet_create(be, &cfg, 1, &err), *q_ref = resnet_create(be, &cfg, 1, &err);
+    resnet *k = resnet_create(be, &cfg, 0, &err), *k_ref = resnet_create(be, &cfg, 0, &err);
+    CHECK_OK(q && q_ref && k && k_ref ? 0 : -1, &err);
+    resnet_init(q, 90);
+    resnet_copy(q_ref, q), resnet_copy(k, q), resnet_copy(k_ref, q);
+    resnet_borrow_scratch(k, q);
+    enum { N = 4, S = 16 };
+    float x[N * S * S * 3], xk[N * S * S * 3], r[N * 8];
+    for (int n = N; n >= 2; n -= 2) { /* the second pass: a smaller batch, planned again */
+        fill_normal(x, (size_t)n * S * S * 3, 91 + n, 0, 1);
+        fill_normal(xk, (size_t)n * S * S * 3, 92 + n, 0, 1);
+        fill_normal(r, (size_t)n * 8, 93 + n, 0, 1);
+        CHECK_OK(resnet_forward(q, x, n, S, S, 1, 2, &err), &err);
+        CHECK_OK(resnet_forward(q_ref, x, n, S, S, 1, 2, &err), &err);
+        CHECK_OK(resnet_forward(k, xk, n, S, S, 1, 2, &err), &err);
+        CHECK_OK(resnet_forward(k_ref, xk, n, S, S, 1, 2, &err), &err);
+        CHECK(!memcmp(k->output, k_ref->output, sizeof(float) * n * 8));
+        CHECK_OK(resnet_backward(q, r, &err), &err);
+        CHECK_OK(resnet_backward(q_ref, r, &err), &err);
+        CHECK(!memcmp(q->grad, q_ref->grad, sizeof(float) * q->param_count));
+    }
+    resnet_destroy(k), resnet_destroy(k_ref), resnet_destroy(q), resnet_destroy(q_ref);
+}
+
 /* ---- the MoCo loss ---- */
 
 typedef struct {
@@ -853,6 +884,7 @@ int main(void)
     RUN(test_softmax_cross_entropy_counts_top1_and_top5);
     RUN(test_resnet18_cifar_stem_backward_matches_finite_differences);
     RUN(test_resnet18_imagenet_stem_backward_matches_finite_differences);
+    RUN(test_forward_only_net_in_borrowed_scratch_matches_its_own);
     RUN(test_moco_query_gradient_matches_finite_differences_of_loss);
     RUN(test_conv2d_matches_reference_at_any_thread_count); /* these two make backends of their own */
     RUN(test_resnets_train_at_any_thread_count);
