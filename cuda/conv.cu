@@ -10,7 +10,13 @@
  * changes; in the float32 parity mode only FMA kernels are allowed (no TF32), so results match the
  * CPU to float rounding. Each direction has its own convolution descriptor because cuDNN picks the
  * kernel from the algorithm and the descriptor's math type together. The workspace is the
- * backend's shared one (gpu_workspace), grown to what the chosen algorithms need. */
+ * backend's shared one (gpu_workspace), grown to what the chosen algorithms need.
+ *
+ * In bf16, inputs whose channels are not a multiple of 8 (the stem's 3, or 1 for grey views) go to
+ * cuDNN padded with zero channels to the next multiple: its tensor-core kernels want 16-byte channel
+ * vectors, and on an H200 the 3-channel stem took about a tenth of the step for 3% of its
+ * arithmetic. The padded copy lives in one buffer of the backend's (gpu_pad_buffer), made again for
+ * each pass that reads it; the filter carries zero weights for the extra channels. */
 #include "gpu_internal.h"
 
 #include <stdio.h>
@@ -19,6 +25,7 @@
 struct gpu_conv {
     gpu *g;
     int in_c, out_c, kernel, stride, pad;
+    int cudnn_c;         /* input channels as cuDNN sees them: in_c, or padded (see above) */
     int n, h, w, oh, ow; /* the shape the descriptors and algorithms are for; n = 0: none yet */
     cudnnTensorDescriptor_t x_desc, y_desc;
     cudnnFilterDescriptor_t w_desc;
@@ -26,7 +33,7 @@ struct gpu_conv {
     cudnnConvolutionFwdAlgo_t fwd_algo;
     cudnnConvolutionBwdDataAlgo_t bwd_data_algo;
     cudnnConvolutionBwdFilterAlgo_t bwd_filter_algo;
-    void *filter;      /* the weight as cuDNN reads it: (Cout,K,K,Cin), activation type */
+    void *filter;      /* the weight as cuDNN reads it: (Cout,K,K,cudnn_c), activation type */
     void *filter_grad; /* cuDNN's weight gradient, same layout and type */
     char op[128];      /* "conv 3x3/1 64->64 on 256x56x56", for error messages */
 };
@@ -45,44 +52,78 @@ static cudnnMathType_t base_math(const gpu *g)
 
 /* ---- weight layout conversions (one thread per element, in destination order so writes coalesce) ---- */
 
-/* float32 OIHW -> (Cout,K,K,Cin) activations. kk = K*K. Pointers are void so one argument list
- * serves both instantiations of ACT_DISPATCH. */
-template <typename T> __global__ void oihw_to_filter(const float *weight, void *filter, int in_c, int kk, size_t count)
+/* float32 OIHW -> (Cout,K,K,Cp) activations, zero for the padding channels in_c..Cp-1. kk = K*K.
+ * Pointers are void so one argument list serves both instantiations of ACT_DISPATCH. */
+template <typename T>
+__global__ void oihw_to_filter(const float *weight, void *filter, int in_c, int cp, int kk, size_t count)
 {
     T *f = (T *)filter;
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < count; i += (size_t)gridDim.x * blockDim.x) {
-        size_t ci = i % in_c, rest = i / in_c, s = rest % kk, o = rest / kk;
-        act_store(f, i, weight[(o * in_c + ci) * kk + s]);
+        size_t ci = i % cp, rest = i / cp, s = rest % kk, o = rest / kk;
+        act_store(f, i, ci < (size_t)in_c ? weight[(o * in_c + ci) * kk + s] : 0.0f);
     }
 }
 
-/* (Cout,K,K,Cin) activations -> float32 OIHW, overwriting (the gradient is written, not accumulated). */
-template <typename T> __global__ void filter_to_oihw(const void *filter, float *weight, int in_c, int kk, size_t count)
+/* (Cout,K,K,Cp) activations -> float32 OIHW of the in_c real channels, overwriting (the gradient is
+ * written, not accumulated). */
+template <typename T>
+__global__ void filter_to_oihw(const void *filter, float *weight, int in_c, int cp, int kk, size_t count)
 {
     const T *f = (const T *)filter;
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < count; i += (size_t)gridDim.x * blockDim.x) {
         size_t s = i % kk, rest = i / kk, ci = rest % in_c, o = rest / in_c;
-        weight[i] = act_load(f, (o * kk + s) * in_c + ci);
+        weight[i] = act_load(f, (o * kk + s) * cp + ci);
     }
 }
 
-static size_t weight_count(const gpu_conv *c) { return (size_t)c->out_c * c->in_c * c->kernel * c->kernel; }
+/* Activations (pixels, c) -> (pixels, cp) with zeros after the c real channels, and back. */
+template <typename T> __global__ void pad_channels(const void *x, void *padded, int c, int cp, size_t count)
+{
+    const T *in = (const T *)x;
+    T *out = (T *)padded;
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < count; i += (size_t)gridDim.x * blockDim.x) {
+        size_t k = i % cp, p = i / cp;
+        act_store(out, i, k < (size_t)c ? act_load(in, p * c + k) : 0.0f);
+    }
+}
+
+template <typename T> __global__ void unpad_channels(const void *padded, void *x, int c, int cp, size_t count)
+{
+    const T *in = (const T *)padded;
+    T *out = (T *)x;
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < count; i += (size_t)gridDim.x * blockDim.x)
+        act_store(out, i, act_load(in, i / c * cp + i % c));
+}
+
+static size_t filter_count(const gpu_conv *c) { return (size_t)c->out_c * c->cudnn_c * c->kernel * c->kernel; }
 
 static int load_filter(gpu_conv *c, const float *weight, moco_error *err)
 {
-    size_t count = weight_count(c);
-    ACT_DISPATCH(c->g, oihw_to_filter, gpu_blocks(count), 256, weight, c->filter, c->in_c, c->kernel * c->kernel,
-                 count);
+    size_t count = filter_count(c);
+    ACT_DISPATCH(c->g, oihw_to_filter, gpu_blocks(count), 256, weight, c->filter, c->in_c, c->cudnn_c,
+                 c->kernel * c->kernel, count);
     LAUNCH_CHECK(err, c->op);
     return MOCO_OK;
 }
 
 static int store_filter_grad(gpu_conv *c, float *dweight, moco_error *err)
 {
-    size_t count = weight_count(c);
-    ACT_DISPATCH(c->g, filter_to_oihw, gpu_blocks(count), 256, c->filter_grad, dweight, c->in_c,
+    size_t count = (size_t)c->out_c * c->in_c * c->kernel * c->kernel;
+    ACT_DISPATCH(c->g, filter_to_oihw, gpu_blocks(count), 256, c->filter_grad, dweight, c->in_c, c->cudnn_c,
                  c->kernel * c->kernel, count);
     LAUNCH_CHECK(err, c->op);
+    return MOCO_OK;
+}
+
+/* What cuDNN reads as the input: *x itself, or its padded copy in the backend's buffer. */
+static int cudnn_input(gpu_conv *c, const void **x, moco_error *err)
+{
+    if (c->cudnn_c == c->in_c)
+        return MOCO_OK;
+    size_t count = (size_t)c->n * c->h * c->w * c->cudnn_c;
+    ACT_DISPATCH(c->g, pad_channels, gpu_blocks(count), 256, *x, c->g->pad_buffer, c->in_c, c->cudnn_c, count);
+    LAUNCH_CHECK(err, c->op);
+    *x = c->g->pad_buffer;
     return MOCO_OK;
 }
 
@@ -117,7 +158,7 @@ static int setup(gpu_conv *c, moco_error *err)
     CUDNN_CHECK(cudnnCreateTensorDescriptor(&c->y_desc), err, c->op);
     CUDNN_CHECK(cudnnCreateFilterDescriptor(&c->w_desc), err, c->op);
     /* dims are always given as (out, in, kh, kw); NHWC format makes the memory (out, kh, kw, in) */
-    CUDNN_CHECK(cudnnSetFilter4dDescriptor(c->w_desc, act_type(g), CUDNN_TENSOR_NHWC, c->out_c, c->in_c, c->kernel,
+    CUDNN_CHECK(cudnnSetFilter4dDescriptor(c->w_desc, act_type(g), CUDNN_TENSOR_NHWC, c->out_c, c->cudnn_c, c->kernel,
                                            c->kernel),
                 err, c->op);
     cudnnConvolutionDescriptor_t *descs[] = {&c->fwd_desc, &c->bwd_data_desc, &c->bwd_filter_desc};
@@ -129,7 +170,7 @@ static int setup(gpu_conv *c, moco_error *err)
                     err, c->op);
         CUDNN_CHECK(cudnnSetConvolutionMathType(*descs[i], base_math(g)), err, c->op);
     }
-    size_t bytes = weight_count(c) * gpu_act_size(g);
+    size_t bytes = filter_count(c) * gpu_act_size(g);
     if (!(c->filter = gpu_alloc(g, bytes, err)) || !(c->filter_grad = gpu_alloc(g, bytes, err)))
         return moco_prefix(err, "%s", c->op);
     return MOCO_OK;
@@ -150,6 +191,7 @@ gpu_conv *gpu_conv_create(gpu *g, int in_channels, int out_channels, int kernel,
     }
     c->g = g;
     c->in_c = in_channels, c->out_c = out_channels, c->kernel = kernel, c->stride = stride, c->pad = pad;
+    c->cudnn_c = g->precision == GPU_BF16 && in_channels % 8 ? (in_channels + 7) / 8 * 8 : in_channels;
     snprintf(c->op, sizeof c->op, "conv %dx%d/%d %d->%d", kernel, kernel, stride, in_channels, out_channels);
     if (setup(c, err)) {
         gpu_conv_destroy(c);
@@ -278,7 +320,8 @@ static int prepare(gpu_conv *c, int n, int h, int w, moco_error *err)
              c->out_c, n, h, w);
     if (n < 1 || h < 1 || w < 1 || oh < 1 || ow < 1)
         return moco_fail(err, "%s: input too small (pad %d)", c->op, c->pad);
-    CUDNN_CHECK(cudnnSetTensor4dDescriptor(c->x_desc, CUDNN_TENSOR_NHWC, act_type(g), n, c->in_c, h, w), err, c->op);
+    CUDNN_CHECK(cudnnSetTensor4dDescriptor(c->x_desc, CUDNN_TENSOR_NHWC, act_type(g), n, c->cudnn_c, h, w), err,
+                c->op);
     CUDNN_CHECK(cudnnSetTensor4dDescriptor(c->y_desc, CUDNN_TENSOR_NHWC, act_type(g), n, c->out_c, oh, ow), err,
                 c->op);
     /* the last shape's choice may have changed the math types (bf16); Find starts from the precision's */
@@ -291,7 +334,8 @@ static int prepare(gpu_conv *c, int n, int h, int w, moco_error *err)
         return MOCO_ERR;
     size_t need = fwd > bwd_data ? fwd : bwd_data;
     need = need > bwd_filter ? need : bwd_filter;
-    if (gpu_workspace(g, need, err))
+    if (gpu_workspace(g, need, err) ||
+        (c->cudnn_c != c->in_c && gpu_pad_buffer(g, (size_t)n * h * w * c->cudnn_c * gpu_act_size(g), err)))
         return moco_prefix(err, "%s", c->op);
     c->n = n, c->h = h, c->w = w, c->oh = oh, c->ow = ow;
     return MOCO_OK;
@@ -303,7 +347,7 @@ int gpu_conv_forward(gpu_conv *c, const void *x, int n, int h, int w, const floa
                      moco_error *err)
 {
     gpu *g = c->g;
-    if (prepare(c, n, h, w, err) || load_filter(c, weight, err))
+    if (prepare(c, n, h, w, err) || load_filter(c, weight, err) || cudnn_input(c, &x, err))
         return MOCO_ERR;
     const float one = 1.0f, zero = 0.0f; /* float scaling factors for float and bf16 data alike */
     CUDNN_CHECK(cudnnConvolutionForward(g->cudnn, &one, c->x_desc, x, c->w_desc, c->filter, c->fwd_desc, c->fwd_algo,
@@ -323,11 +367,19 @@ int gpu_conv_backward(gpu_conv *c, const void *x, const float *weight, const voi
         /* converted again: the caller may have passed a different weight than to the forward */
         if (load_filter(c, weight, err))
             return MOCO_ERR;
+        int padded = c->cudnn_c != c->in_c; /* then dx comes padded, into the backend's buffer */
         CUDNN_CHECK(cudnnConvolutionBackwardData(g->cudnn, &one, c->w_desc, c->filter, c->y_desc, dy,
                                                  c->bwd_data_desc, c->bwd_data_algo, g->workspace,
-                                                 g->workspace_bytes, &zero, c->x_desc, dx),
+                                                 g->workspace_bytes, &zero, c->x_desc, padded ? g->pad_buffer : dx),
                     err, c->op);
+        if (padded) {
+            size_t count = (size_t)c->n * c->h * c->w * c->in_c;
+            ACT_DISPATCH(g, unpad_channels, gpu_blocks(count), 256, g->pad_buffer, dx, c->in_c, c->cudnn_c, count);
+            LAUNCH_CHECK(err, c->op);
+        }
     }
+    if (cudnn_input(c, &x, err))
+        return MOCO_ERR;
     CUDNN_CHECK(cudnnConvolutionBackwardFilter(g->cudnn, &one, c->x_desc, x, c->y_desc, dy, c->bwd_filter_desc,
                                                c->bwd_filter_algo, g->workspace, g->workspace_bytes, &zero,
                                                c->w_desc, c->filter_grad),

@@ -27,6 +27,7 @@ void gpu_destroy(gpu *g)
     if (g->stream)
         cudaStreamSynchronize(g->stream);
     cudaFree(g->workspace);
+    cudaFree(g->pad_buffer);
     cudaFree(g->cublas_workspace);
     if (g->cublas)
         cublasDestroy(g->cublas);
@@ -144,20 +145,32 @@ void gpu_free(gpu *g, void *p)
     cudaFree(p);
 }
 
-int gpu_workspace(gpu *g, size_t bytes, moco_error *err)
+/* Grow a buffer the backend owns to at least `bytes` (waits for the stream first: work queued may
+ * use it); counted in the peak like gpu_alloc's. */
+static int grow(gpu *g, void **p, size_t *have, size_t bytes, const char *what, moco_error *err)
 {
-    if (bytes <= g->workspace_bytes)
+    if (bytes <= *have)
         return MOCO_OK;
-    CUDA_CHECK(cudaStreamSynchronize(g->stream), err, "growing the workspace");
-    cudaFree(g->workspace);
-    g->allocated -= g->workspace_bytes;
-    g->workspace = NULL, g->workspace_bytes = 0;
-    CUDA_CHECK(cudaMalloc(&g->workspace, bytes), err, "allocating the convolution workspace");
-    g->workspace_bytes = bytes;
+    CUDA_CHECK(cudaStreamSynchronize(g->stream), err, what);
+    cudaFree(*p);
+    g->allocated -= *have;
+    *p = NULL, *have = 0;
+    CUDA_CHECK(cudaMalloc(p, bytes), err, what);
+    *have = bytes;
     g->allocated += bytes;
     if (g->allocated > g->peak)
         g->peak = g->allocated;
     return MOCO_OK;
+}
+
+int gpu_workspace(gpu *g, size_t bytes, moco_error *err)
+{
+    return grow(g, &g->workspace, &g->workspace_bytes, bytes, "the convolution workspace", err);
+}
+
+int gpu_pad_buffer(gpu *g, size_t bytes, moco_error *err)
+{
+    return grow(g, &g->pad_buffer, &g->pad_bytes, bytes, "the convolutions' padded inputs", err);
 }
 
 int gpu_upload(gpu *g, void *dst, const void *host_src, size_t bytes, moco_error *err)

@@ -25,6 +25,8 @@ struct gpu {
     void *workspace;           /* shared by every cuDNN call of this backend (one stream: one at a time) */
     void *cublas_workspace;    /* cuBLAS's, set once: a captured graph must not make it allocate */
     size_t workspace_bytes;
+    void *pad_buffer;          /* a convolution's input or dx with its channels padded for cuDNN (conv.cu) */
+    size_t pad_bytes;
     size_t allocated, peak;    /* bytes through gpu_alloc and the workspace */
     gpu_block *blocks;         /* gpu_alloc's live allocations */
     int nblocks, block_capacity;
@@ -33,6 +35,8 @@ struct gpu {
 
 /* Grow the shared workspace to at least `bytes` (waits for the stream first: work queued may use it). */
 int gpu_workspace(gpu *g, size_t bytes, moco_error *err);
+/* The same for the padded-channels buffer. */
+int gpu_pad_buffer(gpu *g, size_t bytes, moco_error *err);
 
 /* The failing call's status as text, with the op: "cudnnConvolutionForward (conv 3x3 64->64, 256x56x56): CUDNN_STATUS_...". */
 int gpu_fail_cuda(moco_error *err, cudaError_t rc, const char *call, const char *op);
