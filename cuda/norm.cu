@@ -96,60 +96,61 @@ __device__ __forceinline__ void chan_merge(float &n, float &mean, float &m2, flo
     n = total;
 }
 
-/* Thread row 0 of the block ends up with the moments of all its rows, channel by channel (each
- * thread holds a count and V means and M2s). The shared arrays hold V values per thread; every
- * thread of the block must call it. Rows need not be a power of two. */
-template <int V>
-__device__ void block_merge(float *sn, float *smean, float *sm2, float &n, float (&mean)[V], float (&m2)[V])
+/* A tree over the block's rows of threads: at each level, row y < s takes in row y + s (the rows
+ * need not be a power of two), merge(me, other) folding shared slot `other` into this thread's
+ * values and writing them to slot `me`. Thread row 0 ends with the whole block's. The caller has
+ * written its slot; every thread of the block must call it. */
+template <typename Merge> __device__ void block_tree(Merge merge)
 {
-    int x = threadIdx.x, y = threadIdx.y, width = blockDim.x, rows = blockDim.y, me = y * width + x;
-    sn[me] = n;
-#pragma unroll
-    for (int k = 0; k < V; k++)
-        smean[me * V + k] = mean[k], sm2[me * V + k] = m2[k];
+    int x = threadIdx.x, y = threadIdx.y, width = blockDim.x, rows = blockDim.y;
     __syncthreads();
     int span = 1;
     while (span < rows)
         span <<= 1;
     for (int s = span / 2; s > 0; s >>= 1) {
-        if (y < s && y + s < rows) {
-            int other = (y + s) * width + x;
-            float nb = sn[other];
-#pragma unroll
-            for (int k = 0; k < V; k++) {
-                float nk = n;
-                chan_merge(nk, mean[k], m2[k], nb, smean[other * V + k], sm2[other * V + k]);
-                smean[me * V + k] = mean[k], sm2[me * V + k] = m2[k];
-            }
-            n += nb;
-            sn[me] = n;
-        }
+        if (y < s && y + s < rows)
+            merge(y * width + x, (y + s) * width + x);
         __syncthreads();
     }
+}
+
+/* Per channel, the moments of all the block's rows (each thread holds a count and V means and M2s)
+ * into thread row 0. The shared arrays hold V values per thread. */
+template <int V>
+__device__ void block_merge(float *sn, float *smean, float *sm2, float &n, float (&mean)[V], float (&m2)[V])
+{
+    int me = threadIdx.y * blockDim.x + threadIdx.x;
+    sn[me] = n;
+#pragma unroll
+    for (int k = 0; k < V; k++)
+        smean[me * V + k] = mean[k], sm2[me * V + k] = m2[k];
+    block_tree([&](int slot, int other) {
+        float nb = sn[other];
+#pragma unroll
+        for (int k = 0; k < V; k++) {
+            float nk = n;
+            chan_merge(nk, mean[k], m2[k], nb, smean[other * V + k], sm2[other * V + k]);
+            smean[slot * V + k] = mean[k], sm2[slot * V + k] = m2[k];
+        }
+        n += nb;
+        sn[slot] = n;
+    });
 }
 
 /* The same for two plain sums per channel. */
 template <int V> __device__ void block_sum2(float *sa, float *sb, float (&a)[V], float (&b)[V])
 {
-    int x = threadIdx.x, y = threadIdx.y, width = blockDim.x, rows = blockDim.y, me = y * width + x;
+    int me = threadIdx.y * blockDim.x + threadIdx.x;
 #pragma unroll
     for (int k = 0; k < V; k++)
         sa[me * V + k] = a[k], sb[me * V + k] = b[k];
-    __syncthreads();
-    int span = 1;
-    while (span < rows)
-        span <<= 1;
-    for (int s = span / 2; s > 0; s >>= 1) {
-        if (y < s && y + s < rows) {
-            int other = (y + s) * width + x;
+    block_tree([&](int slot, int other) {
 #pragma unroll
-            for (int k = 0; k < V; k++) {
-                a[k] += sa[other * V + k], b[k] += sb[other * V + k];
-                sa[me * V + k] = a[k], sb[me * V + k] = b[k];
-            }
+        for (int k = 0; k < V; k++) {
+            a[k] += sa[other * V + k], b[k] += sb[other * V + k];
+            sa[slot * V + k] = a[k], sb[slot * V + k] = b[k];
         }
-        __syncthreads();
-    }
+    });
 }
 
 /* ---- batch-norm kernels; grid (channel tiles, chunks, groups), block of BN_THREADS ---- */
