@@ -142,6 +142,21 @@ $(EMU_DIR)/check_%: tests/cuda/check_%.c tests/cuda/check.h $(EMU_OBJ) $(LIB) $(
 	$(CC) $(CPPFLAGS) -I$(EMU_DIR) -Itests/unit $(ALL_CFLAGS) -c $< -o $@.o
 	g++ $@.o $(EMU_OBJ) $(LIB) $(LDLIBS) -lstdc++ -o $@
 
+# The emulated backend as the tools load it (tests/tools/t0620-cuda-emulated.sh runs copies of the
+# tools beside it): the same sources, position-independent, in a library of its own.
+EMU_SO_DIR := $(EMU_DIR)/pic
+EMU_SO_OBJ := $(patsubst cuda/%.cu,$(EMU_SO_DIR)/%.o,$(CUDA_SRC)) $(EMU_SO_DIR)/emu.o
+EMU_SO     := $(EMU_DIR)/lib/libmoco_cuda.so
+$(EMU_SO_DIR)/%.o: $(EMU_DIR)/%.cpp $(EMU_GEN) tests/cuda/emu/emu.h $(wildcard libcommon/*.h)
+	@mkdir -p $(EMU_SO_DIR) && $(EMU_CXX) -fPIC -c $< -o $@
+$(EMU_SO_DIR)/emu.o: tests/cuda/emu/emu.cpp tests/cuda/emu/emu.h
+	@mkdir -p $(EMU_SO_DIR) && $(EMU_CXX) -fPIC -c $< -o $@
+$(EMU_SO): $(EMU_SO_OBJ)
+	@mkdir -p $(dir $@) && g++ -shared -o $@ $(EMU_SO_OBJ)
+ifeq ($(SAN),)
+all: $(EMU_SO)
+endif
+
 # The GPU op checks: built wherever CUDA is (CI compiles them), run by make check-cuda on a GPU.
 $(BUILD)/cuda-tests/%: tests/cuda/%.c tests/cuda/check.h $(LIB) $(CUDA_LIB) | $(BUILD)/cuda-tests
 	$(CC) $(CPPFLAGS) -Icuda -Itests/unit $(ALL_CFLAGS) $< $(CUDA_LIB) $(LIB) $(LDLIBS) $(CUDA_LIBS) -o $@
