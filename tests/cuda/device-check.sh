@@ -26,8 +26,9 @@
 #    forwards per pair (query forward and backward = 3, key forward = 1) at 4.09 GMAC each.
 # 4. end to end, as users run it: moco-augment --threads 15 | moco-pretrain --device cuda, ResNet-50
 #    batch 256, on the photos re-encoded as 500 px JPEGs of quality 90 (build/photos500, made at
-#    build time) copied 300 times; its log's pairs/s and data-wait share over steps 40 to 160; beside
-#    the peer's --data DIR --workers 16 run (its steady_pairs_per_s, 120 steps).
+#    build time) copied 300 times (the pipe zero-copy); its log's pairs/s and data-wait share over
+#    steps 40 to 160; beside the peer's --data DIR --workers 16 run (its steady_pairs_per_s, 120
+#    steps).
 # Exit status 0 when every check passed (the benchmark is reported, not judged).
 set -u
 logs=${1:?usage: device-check.sh LOGDIR}
@@ -210,7 +211,7 @@ if want e2e && [ -n "$(ls "$build"/photos500/*.jpg 2>/dev/null)" ]; then
     done
     "$build/bin/moco-shard" -q --threads 16 --out "$scratch/shards" "$jpegs" >>"$logs/e2e.log" 2>&1
     # 3000 images: 11 steps of 256 an epoch; 15 epochs cover the 165 steps
-    timeout 200 sh -c "'$build/bin/moco-augment' -q --threads 15 --epochs 15 '$scratch/shards' |
+    timeout 200 sh -c "'$build/bin/moco-augment' -q --threads 15 --zero-copy --epochs 15 '$scratch/shards' |
         '$build/bin/moco-pretrain' -q --device cuda --arch resnet50 --batch 256 --max-steps 165 --log '$logs/e2e/log.jsonl' \
         --log-every 10 --save-every 0 --out '$scratch/run'" >>"$logs/e2e.log" 2>&1
     ours=$(awk -F'[:,}]' '/"step"/ { for (i = 1; i < NF; i++) { if ($i ~ /"step"/) s = $(i + 1); if ($i ~ /"pairs_per_s"/) p = $(i + 1); if ($i ~ /"data_wait"/) w = $(i + 1) }
