@@ -21,6 +21,7 @@
 
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 struct gpu_conv {
     gpu *g;
@@ -176,6 +177,13 @@ static int setup(gpu_conv *c, moco_error *err)
     return MOCO_OK;
 }
 
+/* MOCO_CUDA_PAD_CHANNELS=0 turns the channel padding off: for timing both ways in one run. */
+static int pad_wanted(void)
+{
+    const char *v = getenv("MOCO_CUDA_PAD_CHANNELS");
+    return !v || strcmp(v, "0") != 0;
+}
+
 gpu_conv *gpu_conv_create(gpu *g, int in_channels, int out_channels, int kernel, int stride, int pad,
                           moco_error *err)
 {
@@ -191,7 +199,7 @@ gpu_conv *gpu_conv_create(gpu *g, int in_channels, int out_channels, int kernel,
     }
     c->g = g;
     c->in_c = in_channels, c->out_c = out_channels, c->kernel = kernel, c->stride = stride, c->pad = pad;
-    c->cudnn_c = g->precision == GPU_BF16 && in_channels % 8 ? (in_channels + 7) / 8 * 8 : in_channels;
+    c->cudnn_c = g->precision == GPU_BF16 && in_channels % 8 && pad_wanted() ? (in_channels + 7) / 8 * 8 : in_channels;
     snprintf(c->op, sizeof c->op, "conv %dx%d/%d %d->%d", kernel, kernel, stride, in_channels, out_channels);
     if (setup(c, err)) {
         gpu_conv_destroy(c);

@@ -66,7 +66,8 @@ size_t gpu_peak_bytes(const gpu *g);
  * weight is converted on each call into cuDNN's NHWC filter layout in the activation type; its
  * gradient is converted back and written (not accumulated) as float32 OIHW. Algorithms are chosen
  * once per shape (cudnnFind) and cached; one workspace, grown as needed, serves every conv of the
- * backend. Backward uses the shapes of the last forward. */
+ * backend. Backward uses the shapes of the last forward. In bf16 an input of 3 or 1 channels goes
+ * to cuDNN padded to 8 (environment MOCO_CUDA_PAD_CHANNELS=0: not padded, for comparison). */
 typedef struct gpu_conv gpu_conv;
 gpu_conv *gpu_conv_create(gpu *g, int in_channels, int out_channels, int kernel, int stride, int pad,
                           moco_error *err);

@@ -9,7 +9,7 @@
 #   PARTS="checks tools bench e2e profile" picks the parts (default the first four; make check-cuda
 #   runs checks, make bench-cuda bench and e2e); STEPS=N sets the benchmark's timed steps (default
 #   20); QUICK=1 keeps only the benchmark's four bf16 rows beside the peer's.
-#   On an H200 (2026-11-28): checks and tools 30 s, bench 190 s (about 215 s with the row added
+#   On an H200 (2026-11-28): checks and tools 30 s, bench 190 s (about 240 s with the two rows added
 #   since; QUICK=1 about 130 s), e2e 165 s, profile 80 s; the machine's start adds about 35 s.
 # 1. make check-cuda's programs: every op, the ResNet and the MoCo step against the CPU backend, in
 #    float32 (TF32 off, <= 1e-4) and bf16 (<= 2e-2 per op).
@@ -20,7 +20,8 @@
 #    moco-linear's SGD steps on the GPU against the CPU's on synthetic labelled features (the reports'
 #    train loss and top-1).
 # 3. the issue's benchmark: ResNet-50, 224 px, batch 256, K 65536, the MoCo v2 step and SGD, ours
-#    (bf16 with and without CUDA graphs, without copying the next views ahead, then float32) beside ../shared/peers/moco_torch.py --amp bf16 --channels-last, with
+#    (bf16 with and without CUDA graphs, without copying the next views ahead, with the stem's 3
+#    channels not padded to 8 (MOCO_CUDA_PAD_CHANNELS=0), then float32) beside ../shared/peers/moco_torch.py --amp bf16 --channels-last, with
 #    and without 8 key-BN groups, in the same call; pairs/s, peak GPU memory, and the share of the
 #    card's dense bf16 rate (989 TFLOP/s on H100/H200 SXM) the step reaches, counting 4 ResNet-50
 #    forwards per pair (query forward and backward = 3, key forward = 1) at 4.09 GMAC each.
@@ -195,6 +196,9 @@ if want bench; then
         timeout 150 "$build/bench/moco_step_bench" --device cuda --precision bf16 $R50 --no-copy-ahead --warmup 5 \
             --steps "$steps" >"$logs/ours-bf16-noahead.json" 2>&1
         row "ours, bf16, 1 group, views copied in the step" "$logs/ours-bf16-noahead.json"
+        MOCO_CUDA_PAD_CHANNELS=0 timeout 150 "$build/bench/moco_step_bench" --device cuda --precision bf16 $R50 \
+            --warmup 5 --steps "$steps" >"$logs/ours-bf16-nopad.json" 2>&1
+        row "ours, bf16, 1 group, stem not padded" "$logs/ours-bf16-nopad.json"
         timeout 150 "$build/bench/moco_step_bench" --device cuda --precision f32 $R50 --warmup 3 --steps "$steps" \
             >"$logs/ours-f32.json" 2>&1
         row "ours, float32 (TF32 off)" "$logs/ours-f32.json"
