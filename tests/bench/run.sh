@@ -122,6 +122,13 @@ if /usr/bin/python3 -c 'import torchvision' 2>/dev/null; then
     printf "%-44s %10s %8s\n" "moco-augment --threads 1 (raw views out)" "$a1" "$(ratio "$a1" "$pp")"
     printf "%-44s %10s %8s\n" "moco-augment --threads $cores" "$an" "$(ratio "$an" "$pp")"
     echo "$a1 $an" | awk -v c="$cores" '{ printf "scaling: %.2fx with %d threads (%.0f%% of linear)\n", $2 / $1, c, 100 * $2 / $1 / c }'
+    # moco-pretrain's reader: the batcher (raw u8 batches of 256, as the GPU trainer takes them)
+    # on pairs of 224 px views through a pipe, 8,000 of them (a file of 400, twenty times over)
+    "$build/bin/moco-augment" -q --level 0 --epochs 40 -o "$tmp/aug/pairs.tsz" "$tmp/aug/shards"
+    rd=$(for i in $(seq 20); do cat "$tmp/aug/pairs.tsz"; done | "$build/bench/batcher_bench")
+    printf "reader: moco-pretrain's batcher on 224 px pairs from a pipe: %s pairs/s, %s ms of CPU per pair\n" \
+        "$(get pairs_per_s "$rd")" "$(get reader_cpu_ms_per_pair "$rd")"
+    rm -f "$tmp/aug/pairs.tsz"
 else
     echo "augment: skipped (Debian's python3-torchvision not installed)"
 fi

@@ -214,6 +214,16 @@ if want e2e && [ -n "$(ls "$build"/photos500/*.jpg 2>/dev/null)" ]; then
         for f in "$build"/photos500/*.jpg; do ln -sf "$(cd "$(dirname "$f")" && pwd)/$(basename "$f")" "$jpegs/$i-$(basename "$f")"; done
     done
     "$build/bin/moco-shard" -q --threads 16 --out "$scratch/shards" "$jpegs" >>"$logs/e2e.log" 2>&1
+    # each side alone: moco-augment's 15 threads into /dev/null (3,000 images, 2 epochs), and
+    # moco-pretrain's reader (tests/bench/batcher_bench) on the same pairs from a file
+    t0=$(date +%s.%N)
+    "$build/bin/moco-augment" -q --threads 15 --epochs 2 -o /dev/null "$scratch/shards" >>"$logs/e2e.log" 2>&1
+    t1=$(date +%s.%N)
+    augment_alone=$(echo "$t0 $t1" | awk '{ printf "%.0f", 6000 / ($2 - $1) }')
+    "$build/bin/moco-augment" -q --threads 15 --epochs 2 --level 0 -o "$scratch/pairs.tsz" "$scratch/shards" \
+        >>"$logs/e2e.log" 2>&1
+    reader_alone=$("$build/bench/batcher_bench" <"$scratch/pairs.tsz" 2>>"$logs/e2e.log")
+    rm -f "$scratch/pairs.tsz"
     # 3000 images: 11 steps of 256 an epoch; 15 epochs cover the 165 steps
     timeout 200 sh -c "'$build/bin/moco-augment' -q --threads 15 --zero-copy --epochs 15 '$scratch/shards' |
         '$build/bin/moco-pretrain' -q --device cuda --arch resnet50 --batch 256 --max-steps 165 --log '$logs/e2e/log.jsonl' \
@@ -223,8 +233,12 @@ if want e2e && [ -n "$(ls "$build"/photos500/*.jpg 2>/dev/null)" ]; then
     py_within 200 "$build/peers/moco_torch.py" --device cuda $R50 --amp bf16 \
         --channels-last --data "$jpegs" --workers 16 --warmup 5 --steps 120 >"$logs/e2e-peer.json" 2>>"$logs/e2e.log"
     peer=$(sed -n 's/.*"steady_pairs_per_s": *\([0-9.]*\).*/\1/p' "$logs/e2e-peer.json" | tail -n 1)
+    reader_pps=$(echo "$reader_alone" | sed -n 's/.*"pairs_per_s": *\([0-9.]*\).*/\1/p')
+    reader_cpu=$(echo "$reader_alone" | sed -n 's/.*"reader_cpu_ms_per_pair": *\([0-9.]*\).*/\1/p')
     e2e="$(printf '%-44s %s' "moco-augment --threads 15 | moco-pretrain" "${ours:-failed (see e2e.log)}")
 $(printf '%-44s %s' "PyTorch peer, --data --workers 16" "${peer:-failed} pairs/s (steady)")
+$(printf '%-44s %s' "moco-augment --threads 15 alone" "${augment_alone:-failed} pairs/s")
+$(printf '%-44s %s' "moco-pretrain's reader alone (batcher_bench)" "${reader_pps:-failed} pairs/s, ${reader_cpu:--} ms CPU a pair")
 "
     progress "$e2e"
 fi
