@@ -406,6 +406,7 @@ __global__ void normalise_u8_kernel(const uint8_t *x, size_t count, size_t packs
          i += (size_t)gridDim.x * blockDim.x)
         act_store(y, i, lut[(int)(i % c) * 256 + x[i]]);
 }
+
 extern "C" int gpu_normalise_u8(gpu *g, const uint8_t *x, size_t pixels, int c, const double host_mean[3],
                                 const double host_std[3], void *y, moco_error *err)
 {

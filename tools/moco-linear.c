@@ -210,17 +210,18 @@ static int write_json(json_t *o, const char *path)
     if (!to_stdout && output_begin(&out, path, &err))
         return cli_error("%s", err.msg);
     FILE *f = to_stdout ? stdout : fopen(out.write_to, "w");
-    if (!f) {
-        output_discard(&out);
-        return cli_error("%s: cannot open: %m", path);
+    int bad = !f, status = 0;
+    if (f) {
+        bad = json_dumpf(o, f, JSON_INDENT(2) | JSON_REAL_PRECISION(10)) != 0 || fputc('\n', f) == EOF;
+        bad |= to_stdout ? fflush(f) != 0 : fclose(f) != 0;
     }
-    int bad = json_dumpf(o, f, JSON_INDENT(2) | JSON_REAL_PRECISION(10)) != 0 || fputc('\n', f) == EOF;
-    bad |= to_stdout ? fflush(f) != 0 : fclose(f) != 0;
+    if (bad) /* reported before the temporary is removed, which could change errno */
+        status = cli_error("%s: cannot %s the report: %m", path, f ? "write" : "open");
     if (to_stdout)
-        return bad ? cli_error("%s: cannot write the report: %m", path) : 0;
+        return status;
     if (bad) {
         output_discard(&out);
-        return cli_error("%s: cannot write the report: %m", path);
+        return status;
     }
     return output_commit(&out, &err) ? cli_error("%s", err.msg) : 0;
 }

@@ -209,6 +209,11 @@ expect lbfgs_cannot_stream 2 'streaming is for --solver sgd' -- "$L --solver lbf
 expect both_stdin 2 'cannot both be standard input' -- "$L --val - -"
 expect bad_milestones 2 'milestones' -- "$L --milestones 6,x $T/easy.feat"
 expect classes_disagree_with_header 2 '--classes 7: .* names 4 classes' -- "$L --classes 7 $T/easy.feat"
+# the report into a folder that is not there: the open's own reason, and nothing left behind
+expect report_into_a_missing_folder 1 'r.json: cannot open the report: No such file or directory' -- "$L -q --epochs 1 --report $T/none/r.json $T/easy.feat >/dev/null"
+# a FIFO named as the report is written in place, not replaced by a file
+mkfifo "$T/report.fifo"
+expect report_into_a_fifo 0 '' -- "(cat $T/report.fifo >$T/fifo.json &) && $L -q --epochs 1 --report $T/report.fifo $T/easy.feat >/dev/null && sleep 0.2 && [ -p $T/report.fifo ] && grep -q '\"solver\"' $T/fifo.json"
 expect help 0 '' -- "$L --help | grep -q 'Usage: moco-linear'"
 expect version 0 '' -- "$L --version"
 
